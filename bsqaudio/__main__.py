@@ -1,0 +1,5 @@
+"""``python -m bsqaudio`` is the same as the ``bsqaudio`` command."""
+
+from bsqaudio.cli import run
+
+run()

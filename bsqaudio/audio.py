@@ -1,0 +1,239 @@
+"""Audio in and out, and the log-mel front-end with its inverse.
+
+Reading: anything libsndfile reads, any rate, any channel count; downmix to mono and resample to
+the model's rate. Analysis: frames are centred on multiples of the hop over the whole file (zero
+padding at both ends), so a window's spectrogram is computed from its own samples plus half an FFT
+of context on each side and equals the whole-file spectrogram: windows can be processed one at a
+time, in any batch, with the same result. Each window is referenced to its own peak (its gain),
+clamped to ``db_range`` below it and normalized to [-1, 1] for the model.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from bsqaudio.errors import BsqAudioError
+from bsqaudio.model.config import ModelConfig
+
+# Gains below this (a mel power of 1e-4, about -86 dB below a full-scale sine) are treated as
+# silence: the window is referenced to this floor instead of its own peak, so a silent window
+# codes as -80 dB everywhere rather than as noise amplified to full scale.
+GAIN_FLOOR_DB = -40.0
+POWER_EPS = 1e-10
+
+
+def read_audio(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """Read a file (path, ``-`` for stdin, or a binary file object) -> ((C, T) float32, rate)."""
+    if isinstance(source, (str, Path)) and str(source) == "-":
+        source = io.BytesIO(sys.stdin.buffer.read())
+    name = str(source) if isinstance(source, (str, Path)) else "<stream>"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise BsqAudioError(f"{name}: no such file")
+        if path.is_dir():
+            raise BsqAudioError(f"{name}: is a directory, not an audio file")
+        if not os.access(path, os.R_OK):
+            raise BsqAudioError(f"{name}: permission denied")
+        if path.stat().st_size == 0:
+            raise BsqAudioError(f"{name}: empty file")
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise BsqAudioError(f"{name}: not a readable audio file ({_short(err)})") from None
+    if data.shape[0] == 0:
+        raise BsqAudioError(f"{name}: contains no audio samples")
+    if not np.isfinite(data).all():
+        raise BsqAudioError(f"{name}: contains NaN or infinite samples")
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def to_mono(wave_ct: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(C, T) -> (T,) float32, the mean of the channels."""
+    return torch.as_tensor(wave_ct, dtype=torch.float32).mean(0)
+
+
+def resample(wave: torch.Tensor, rate_from: int, rate_to: int) -> torch.Tensor:
+    if rate_from == rate_to:
+        return wave
+    return AF.resample(wave, rate_from, rate_to)
+
+
+def load_mono(source: str | Path | BinaryIO, rate: int) -> tuple[torch.Tensor, int, int]:
+    """Read, downmix and resample -> ((T,) float32 at ``rate``, source rate, source channels)."""
+    data, source_rate = read_audio(source)
+    return resample(to_mono(data), source_rate, rate), source_rate, data.shape[0]
+
+
+def write_audio(destination: str | Path, wave: torch.Tensor, rate: int, fmt: str | None = None) -> None:
+    """Write (T,) audio; ``-`` writes WAV to stdout. Files are written whole, then renamed into
+    place, so an interrupted run never leaves a half-written file."""
+    data = wave.detach().cpu().float().clamp(-1.0, 1.0).numpy()
+    if str(destination) == "-":
+        buffer = io.BytesIO()
+        sf.write(buffer, data, rate, format="WAV", subtype="PCM_16")
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    path = Path(destination)
+    fmt = fmt or (path.suffix[1:].upper() or "WAV")
+    if fmt not in sf.available_formats():
+        raise BsqAudioError(f"{path}: unknown output format {fmt!r}; use .wav, .flac or .ogg")
+    subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format=fmt, subtype=subtype)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the destination folder, then rename it over ``path``."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as err:
+        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MelFrontend:
+    """The model's log-mel analysis of 16 kHz mono audio, and its approximate inverse."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        c = config
+        self.window = torch.hann_window(c.win_length)
+        self.mel_fb = AF.melscale_fbanks(
+            n_freqs=c.n_fft // 2 + 1, f_min=0.0, f_max=c.sample_rate / 2, n_mels=c.n_mels,
+            sample_rate=c.sample_rate, norm=None, mel_scale="htk",
+        )  # (n_freqs, n_mels)
+        # Minimum-norm inverse of the filterbank, computed once: the same solution as a least
+        # squares solve per call (torchaudio's InverseMelScale) at the cost of one matmul.
+        self.mel_fb_pinv = torch.linalg.pinv(self.mel_fb)  # (n_mels, n_freqs)
+
+    # -- analysis -------------------------------------------------------------------------------
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames that cover real audio: one per hop, at least one."""
+        return max(1, math.ceil(num_samples / self.config.hop_length))
+
+    def num_rows(self, num_samples: int) -> int:
+        """Patch rows (time) that cover real audio."""
+        return math.ceil(self.num_frames(num_samples) / self.config.patch_time)
+
+    def num_windows(self, num_samples: int) -> int:
+        return math.ceil(self.num_rows(num_samples) / self.config.grid_time)
+
+    def window_segment(self, wave: torch.Tensor, index: int) -> torch.Tensor:
+        """The samples window ``index`` of (T,) audio needs: its own plus n_fft/2 each side."""
+        c = self.config
+        half = c.n_fft // 2
+        start = index * c.window_samples - half
+        length = c.window_samples - c.hop_length + c.n_fft
+        lo, hi = max(start, 0), min(start + length, wave.shape[0])
+        segment = wave[lo:hi] if hi > lo else wave[:0]
+        return torch.nn.functional.pad(segment, (lo - start, start + length - lo - segment.shape[0]))
+
+    def power_mel(self, segments_bs: torch.Tensor) -> torch.Tensor:
+        """(B, S) window segments -> (B, frames, n_mels) mel power."""
+        c = self.config
+        spec = torch.stft(segments_bs, c.n_fft, c.hop_length, c.win_length,
+                          self.window.to(segments_bs.device), center=False, return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2  # (B, n_freqs, frames)
+        return power.transpose(1, 2) @ self.mel_fb.to(segments_bs.device)
+
+    def normalize(self, power_btf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mel power -> (normalized mel in [-1, 1], gain in dB per window (B,)).
+
+        Gains are rounded to float16, as the .bsq file stores them, so the Python API and a file
+        round trip decode identically."""
+        c = self.config
+        db = 10.0 * torch.log10(power_btf.clamp_min(POWER_EPS))
+        gain = db.amax(dim=(1, 2)).clamp_min(GAIN_FLOOR_DB).half().float()
+        rel = (db - gain[:, None, None]).clamp(-c.db_range, 0.0)
+        return rel / (c.db_range / 2) + 1.0, gain
+
+    def denormalize(self, mel_btf: torch.Tensor, gain_db: torch.Tensor) -> torch.Tensor:
+        """Normalized mel and per-window gain -> mel power."""
+        c = self.config
+        db = (mel_btf.float() - 1.0) * (c.db_range / 2) + gain_db[:, None, None].float()
+        return 10.0 ** (db / 10.0)
+
+    def analyze(self, wave: torch.Tensor, first: int = 0, count: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) audio -> normalized mel (W, frames, n_mels) and gains (W,) for windows
+        ``first .. first+count`` (all by default)."""
+        total = self.num_windows(wave.shape[0])
+        count = total - first if count is None else count
+        segments = torch.stack([self.window_segment(wave, i) for i in range(first, first + count)])
+        return self.normalize(self.power_mel(segments))
+
+    # -- synthesis ------------------------------------------------------------------------------
+
+    def mel_to_linear(self, power_tf: torch.Tensor) -> torch.Tensor:
+        """(T, n_mels) mel power -> (n_freqs, T) linear power, non-negative."""
+        return (power_tf @ self.mel_fb_pinv.to(power_tf.device)).clamp_min(0.0).T
+
+    def griffin_lim(self, power_ft: torch.Tensor, iterations: int = 32, momentum: float = 0.99
+                    ) -> torch.Tensor:
+        """(n_freqs, T) linear power -> (T * hop,) audio, deterministic (zero initial phase).
+
+        Frame k is centred on sample k * hop; the last hop after the last centre is silent."""
+        c = self.config
+        frames = power_ft.shape[-1]
+        audio = AF.griffinlim(
+            power_ft, self.window.to(power_ft.device), c.n_fft, c.hop_length, c.win_length,
+            power=2.0, n_iter=iterations, momentum=momentum, length=(frames - 1) * c.hop_length,
+            rand_init=False,
+        )
+        return torch.nn.functional.pad(audio, (0, c.hop_length))
+
+    def synthesize(self, power_tf: torch.Tensor, block_frames: int = 1024, overlap: int = 32,
+                   iterations: int = 32) -> torch.Tensor:
+        """(T, n_mels) mel power -> (T * hop,) audio, inverted block by block.
+
+        Each block is inverted with ``overlap`` frames of context on both sides and the blocks are
+        cross-faded over ``overlap`` frames, so memory depends on the block, not the file."""
+        hop = self.config.hop_length
+        frames = power_tf.shape[0]
+        out = torch.zeros(frames * hop)
+        fade = overlap * hop
+        ramp = torch.linspace(0.0, 1.0, fade + 2)[1:-1]
+        for start in range(0, frames, block_frames):
+            lo = max(start - overlap, 0)
+            hi = min(start + block_frames + overlap, frames)
+            audio = self.griffin_lim(self.mel_to_linear(power_tf[lo:hi]), iterations)
+            # Keep this block's own samples plus the fade-in region before them.
+            keep_lo = max(start * hop - fade, 0) if start else 0
+            keep_hi = min(start + block_frames, frames) * hop
+            piece = audio[keep_lo - lo * hop: keep_hi - lo * hop]
+            if start:
+                head = min(fade, piece.shape[0])
+                piece = piece.clone()
+                piece[:head] *= ramp[:head]
+                out[keep_lo: keep_lo + head] *= 1.0 - ramp[:head]
+            out[keep_lo:keep_hi] += piece
+        return out

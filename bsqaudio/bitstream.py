@@ -1,0 +1,266 @@
+"""The .bsq file format: write, read, validate. Never pickle.
+
+Layout (all integers little-endian)::
+
+    magic     4 bytes   b"BSQA"
+    version   1 byte    FORMAT_VERSION
+    hlen      4 bytes   uint32, length of the JSON header
+    header    hlen      UTF-8 JSON object (see HEADER_FIELDS)
+    windows   for each window: gain (float16, dB) then its codes, bit-packed
+    crc       4 bytes   uint32 CRC32 of everything before it
+
+Codes are L-bit integers, most significant bit first, packed back to back in time-major patch
+order with no padding. A full window holds ``grid_time * grid_freq`` codes; the last window holds
+only the patch rows that cover real audio, so the payload is ``rows * grid_freq * L / 8`` bytes
+(a row of 8 patches is L whole bytes) and the bitrate is 50 * L bit/s whatever the duration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from bsqaudio.errors import BsqAudioError
+
+MAGIC = b"BSQA"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+_PREAMBLE = struct.Struct("<4sBI")
+
+# Header field -> type. Every field is required; unknown fields are rejected.
+HEADER_FIELDS: dict[str, type] = {
+    "model": str,
+    "model_hash": str,
+    "sample_rate": int,
+    "n_fft": int,
+    "hop_length": int,
+    "win_length": int,
+    "n_mels": int,
+    "window_frames": int,
+    "patch_time": int,
+    "patch_freq": int,
+    "code_bits": int,
+    "num_windows": int,
+    "num_rows": int,
+    "num_samples": int,
+    "source_sample_rate": int,
+    "source_channels": int,
+}
+
+
+@dataclass
+class Codes:
+    """The tokens of one file, as the codec produces and the .bsq file stores them.
+
+    ``indices`` is (R, F): R patch rows over the whole file (time), F patches per row (frequency);
+    row r belongs to window r // rows_per_window. ``gains_db`` is (W,), one per window.
+    """
+
+    indices: torch.Tensor
+    gains_db: torch.Tensor
+    header: dict
+
+    @property
+    def code_bits(self) -> int:
+        return self.header["code_bits"]
+
+    @property
+    def num_samples(self) -> int:
+        return self.header["num_samples"]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.header["sample_rate"]
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    @property
+    def rows_per_window(self) -> int:
+        return self.header["window_frames"] // self.header["patch_time"]
+
+    @property
+    def bitrate(self) -> float:
+        """Code bits per second of audio: 50 * L for 16x16 patches at 16 kHz."""
+        h = self.header
+        seconds_per_row = h["patch_time"] * h["hop_length"] / h["sample_rate"]
+        return h["n_mels"] // h["patch_freq"] * h["code_bits"] / seconds_per_row
+
+    def window_indices(self, pad_value: int = -1) -> torch.Tensor:
+        """(W, rows_per_window * F) int64, time-major per window; rows past the audio are
+        ``pad_value``."""
+        rows, freq = self.indices.shape
+        windows = self.gains_db.shape[0]
+        full = torch.full((windows * self.rows_per_window, freq), pad_value, dtype=torch.int64)
+        full[:rows] = self.indices
+        return full.view(windows, -1)
+
+
+def payload_bytes(num_rows: int, grid_freq: int, code_bits: int) -> int:
+    return math.ceil(num_rows * grid_freq * code_bits / 8)
+
+
+def file_size(header: dict) -> int:
+    """The exact size in bytes of a .bsq file with this header."""
+    header_bytes = len(_encode_header(header))
+    grid_freq = header["n_mels"] // header["patch_freq"]
+    return (_PREAMBLE.size + header_bytes + 2 * header["num_windows"]
+            + payload_bytes(header["num_rows"], grid_freq, header["code_bits"]) + 4)
+
+
+def _encode_header(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def pack_codes(indices: np.ndarray, code_bits: int) -> bytes:
+    """(N,) unsigned L-bit integers -> bytes, MSB first, no padding between codes."""
+    values = indices.astype(np.uint64)
+    shifts = np.arange(code_bits - 1, -1, -1, dtype=np.uint64)
+    bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.reshape(-1)).tobytes()
+
+
+def unpack_codes(payload: bytes, count: int, code_bits: int) -> np.ndarray:
+    """The inverse of ``pack_codes`` -> (count,) int64."""
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * code_bits]
+    bits = bits.reshape(count, code_bits).astype(np.uint64)
+    shifts = np.arange(code_bits - 1, -1, -1, dtype=np.uint64)
+    return (bits << shifts).sum(axis=1, dtype=np.uint64).astype(np.int64)
+
+
+def validate_header(header: object) -> dict:
+    """Check every field's presence, type and range; raise BsqAudioError naming the problem."""
+    if not isinstance(header, dict):
+        raise BsqAudioError("corrupt .bsq file: header is not a JSON object")
+    missing = sorted(set(HEADER_FIELDS) - set(header))
+    if missing:
+        raise BsqAudioError(f"corrupt .bsq file: header lacks {', '.join(missing)}")
+    unknown = sorted(set(header) - set(HEADER_FIELDS))
+    if unknown:
+        raise BsqAudioError(f"corrupt .bsq file: unknown header fields {', '.join(unknown)}")
+    for key, kind in HEADER_FIELDS.items():
+        value = header[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BsqAudioError(f"corrupt .bsq file: header field {key!r} must be {kind.__name__}")
+    positive = [k for k, kind in HEADER_FIELDS.items()
+                if kind is int and k not in ("num_samples",) and header[k] <= 0]
+    if positive:
+        raise BsqAudioError(f"corrupt .bsq file: header field {positive[0]!r} must be positive")
+    h = header
+    if not 1 <= h["code_bits"] <= 63:
+        raise BsqAudioError("corrupt .bsq file: code_bits must be between 1 and 63")
+    if h["window_frames"] % h["patch_time"] or h["n_mels"] % h["patch_freq"]:
+        raise BsqAudioError("corrupt .bsq file: patch size does not divide the window")
+    if h["num_samples"] <= 0:
+        raise BsqAudioError("corrupt .bsq file: num_samples must be positive")
+    frames = math.ceil(h["num_samples"] / h["hop_length"])
+    rows = math.ceil(frames / h["patch_time"])
+    windows = math.ceil(rows / (h["window_frames"] // h["patch_time"]))
+    if h["num_rows"] != rows or h["num_windows"] != windows:
+        raise BsqAudioError(
+            "corrupt .bsq file: num_rows/num_windows do not match num_samples "
+            f"({h['num_rows']}/{h['num_windows']}, expected {rows}/{windows})"
+        )
+    return h
+
+
+def write_bsq(codes: Codes) -> bytes:
+    """Codes -> the bytes of a .bsq file."""
+    header = validate_header(dict(codes.header))
+    freq = header["n_mels"] // header["patch_freq"]
+    rows_per_window = header["window_frames"] // header["patch_time"]
+    indices = codes.indices.cpu().numpy().astype(np.int64)
+    if indices.shape != (header["num_rows"], freq):
+        raise ValueError(f"indices shape {indices.shape} does not match the header")
+    gains = codes.gains_db.cpu().numpy().astype("<f2")
+    if gains.shape != (header["num_windows"],):
+        raise ValueError(f"gains shape {gains.shape} does not match the header")
+    head = _encode_header(header)
+    parts = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head)), head]
+    for w in range(header["num_windows"]):
+        rows = indices[w * rows_per_window: (w + 1) * rows_per_window]
+        parts.append(gains[w].tobytes())
+        parts.append(pack_codes(rows.reshape(-1), header["code_bits"]))
+    body = b"".join(parts)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def read_bsq(data: bytes) -> Codes:
+    """The bytes of a .bsq file -> Codes; raises BsqAudioError on anything malformed."""
+    if len(data) < _PREAMBLE.size + 4:
+        raise BsqAudioError("not a .bsq file: too short")
+    magic, version, header_len = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise BsqAudioError("not a .bsq file: bad magic bytes")
+    if version > FORMAT_VERSION:
+        raise BsqAudioError(
+            f".bsq format version {version} is newer than this bsqaudio reads ({FORMAT_VERSION}); "
+            "upgrade bsqaudio"
+        )
+    if version < 1:
+        raise BsqAudioError(f"corrupt .bsq file: unknown format version {version}")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise BsqAudioError("corrupt .bsq file: checksum mismatch (truncated or damaged)")
+    if header_len > MAX_HEADER_BYTES or _PREAMBLE.size + header_len > len(data) - 4:
+        raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
+    raw = data[_PREAMBLE.size: _PREAMBLE.size + header_len]
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BsqAudioError("corrupt .bsq file: header is not valid JSON") from None
+    header = validate_header(header)
+    expected = file_size(header) - len(_encode_header(header)) + header_len
+    if len(data) != expected:
+        raise BsqAudioError(
+            f"corrupt .bsq file: size is {len(data)} bytes, the header implies {expected}"
+        )
+    freq = header["n_mels"] // header["patch_freq"]
+    rows_per_window = header["window_frames"] // header["patch_time"]
+    bits = header["code_bits"]
+    offset = _PREAMBLE.size + header_len
+    gains = np.empty(header["num_windows"], dtype=np.float32)
+    chunks = []
+    for w in range(header["num_windows"]):
+        rows = min(rows_per_window, header["num_rows"] - w * rows_per_window)
+        gains[w] = np.frombuffer(data, dtype="<f2", count=1, offset=offset)[0]
+        offset += 2
+        size = payload_bytes(rows, freq, bits)
+        chunks.append(unpack_codes(data[offset: offset + size], rows * freq, bits))
+        offset += size
+    if not np.isfinite(gains).all():
+        raise BsqAudioError("corrupt .bsq file: a window gain is not finite")
+    indices = torch.from_numpy(np.concatenate(chunks).reshape(header["num_rows"], freq))
+    return Codes(indices=indices, gains_db=torch.from_numpy(gains), header=header)
+
+
+def load_bsq(source: str | Path | BinaryIO) -> Codes:
+    """Read a .bsq file from a path, ``-`` (stdin) or a binary file object."""
+    name = str(source) if isinstance(source, (str, Path)) else "<stream>"
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        elif isinstance(source, (str, Path)):
+            data = Path(source).read_bytes()
+        else:
+            data = source.read()
+    except FileNotFoundError:
+        raise BsqAudioError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise BsqAudioError(f"{name}: is a directory, not a .bsq file") from None
+    except PermissionError:
+        raise BsqAudioError(f"{name}: permission denied") from None
+    try:
+        return read_bsq(data)
+    except BsqAudioError as err:
+        raise BsqAudioError(f"{name}: {err}") from None

@@ -1,0 +1,230 @@
+"""The ``bsqaudio`` command line: a thin layer over ``bsqaudio.codec`` and ``bsqaudio.train``.
+
+Errors a user can cause are BsqAudioError: printed as one line on stderr, exit code 1, no
+traceback (``--debug`` shows it). Outputs are written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bsqaudio.errors import BsqAudioError
+
+app = typer.Typer(
+    name="bsqaudio",
+    help="Audio tokenizer and codec after BSQ-ViT: audio -> L-bit tokens (50 a second) -> audio.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+STATE = {"debug": False}
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model folder, .safetensors file or Hub repo id (default: embedded).")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (tag, branch or commit).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
+
+
+def fail(message: str) -> None:
+    raise BsqAudioError(message)
+
+
+def check_output(path: str, force: bool) -> None:
+    if path == "-":
+        return
+    out = Path(path)
+    if out.is_dir():
+        fail(f"{out}: is a directory; give an output file name")
+    if out.exists() and not force:
+        fail(f"{out}: already exists (use --force to overwrite)")
+    if not out.parent.exists():
+        fail(f"{out.parent}: output folder does not exist")
+
+
+@contextmanager
+def progress_bar(enabled: bool, label: str):
+    """Yield a (done, total) callback that drives a rich bar on stderr, shown for long inputs."""
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} windows"),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def load_codec(model: str | None, revision: str | None, device: str, batch_size: int = 8):
+    from bsqaudio.codec import Codec
+
+    return Codec.from_pretrained(model, device=device, revision=revision, batch_size=batch_size)
+
+
+def write_output(path: str, payload: bytes) -> None:
+    from bsqaudio.audio import write_bytes_atomic
+
+    if path == "-":
+        sys.stdout.buffer.write(payload)
+        sys.stdout.buffer.flush()
+    else:
+        write_bytes_atomic(Path(path), payload)
+
+
+def output_rate(codes, rate: str) -> int:
+    if rate == "model":
+        return codes.sample_rate
+    if rate == "source":
+        return codes.header["source_sample_rate"]
+    try:
+        value = int(rate)
+    except ValueError:
+        value = 0
+    if not 1000 <= value <= 384000:
+        fail(f"--rate must be 'model', 'source' or a rate in Hz, not {rate!r}")
+    return value
+
+
+@app.command(epilog="Examples:\n\n  bsqaudio encode song.wav -o song.bsq\n\n"
+                    "  cat a.wav | bsqaudio encode - -o - > a.bsq")
+def encode(
+    source: Annotated[str, typer.Argument(help="Audio file (wav, flac, ogg, mp3...) or - for stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help=".bsq file, or - for stdout.")],
+    model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Tokenize an audio file into a .bsq file."""
+    from bsqaudio.bitstream import write_bsq
+
+    check_output(output, force)
+    codec = load_codec(model, revision, device, batch_size)
+    with progress_bar(not quiet, "encoding") as progress:
+        codes = codec.encode_file(source, progress=progress)
+    write_output(output, write_bsq(codes))
+
+
+@app.command(epilog="Examples:\n\n  bsqaudio decode song.bsq -o out.wav\n\n"
+                    "  bsqaudio decode song.bsq -o out.flac --rate source")
+def decode(
+    source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Audio file (.wav, .flac, .ogg) or - (WAV on stdout).")],
+    rate: Annotated[str, typer.Option(help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
+    model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Turn a .bsq file back into audio."""
+    from bsqaudio.audio import write_audio
+    from bsqaudio.bitstream import load_bsq
+
+    check_output(output, force)
+    codes = load_bsq(source)
+    sample_rate = output_rate(codes, rate)
+    codec = load_codec(model, revision, device, batch_size)
+    with progress_bar(not quiet, "decoding") as progress:
+        wave = codec.decode(codes, sample_rate, progress=progress)
+    write_audio(output, wave, sample_rate)
+
+
+@app.command(epilog="Example:\n\n  bsqaudio roundtrip speech.wav -o out.wav --plot compare.png")
+def roundtrip(
+    source: Annotated[str, typer.Argument(help="Audio file, or - for stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Audio file, or - (WAV on stdout).")],
+    rate: Annotated[str, typer.Option(help="Output rate: 'model', 'source' or Hz.")] = "model",
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of input and output spectrograms.")] = None,
+    model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Encode then decode, to hear (and see) what the codec keeps."""
+    from bsqaudio.audio import load_mono, write_audio
+
+    check_output(output, force)
+    if plot is not None:
+        check_output(str(plot), force)
+    codec = load_codec(model, revision, device, batch_size)
+    wave, source_rate, channels = load_mono(source, codec.config.sample_rate)
+    with progress_bar(not quiet, "encoding") as progress:
+        codes = codec.encode(wave, codec.config.sample_rate, channels, progress=progress)
+    codes.header["source_sample_rate"] = source_rate
+    sample_rate = output_rate(codes, rate)
+    with progress_bar(not quiet, "decoding") as progress:
+        wave = codec.decode(codes, sample_rate, progress=progress)
+    write_audio(output, wave, sample_rate)
+    if plot is not None:
+        from bsqaudio.plots import plot_roundtrip
+
+        plot_roundtrip(codec, codes, plot, source_wave=wave)
+    if not quiet:
+        err_console.print(f"{codes.duration:.2f} s at {codes.bitrate:.0f} bit/s "
+                          f"({codes.code_bits}-bit codes, {codes.header['num_windows']} windows)")
+
+
+@app.command()
+def info(
+    source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe a .bsq file: model, duration, bitrate, windows, code bits."""
+    from bsqaudio.bitstream import load_bsq
+
+    codes = load_bsq(source)
+    h = codes.header
+    summary = {
+        "model": h["model"],
+        "model_hash": h["model_hash"],
+        "duration_s": round(codes.duration, 4),
+        "bitrate_bps": codes.bitrate,
+        "code_bits": h["code_bits"],
+        "windows": h["num_windows"],
+        "tokens": int(codes.indices.numel()),
+        "sample_rate": h["sample_rate"],
+        "source_sample_rate": h["source_sample_rate"],
+        "source_channels": h["source_channels"],
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    if version:
+        from bsqaudio import __version__
+
+        typer.echo(f"bsqaudio {__version__}")
+        raise typer.Exit()
+
+
+def run() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 1."""
+    try:
+        app()
+    except BsqAudioError as err:
+        if STATE["debug"]:
+            raise
+        err_console.print(f"bsqaudio: error: {err}", style="red", highlight=False, markup=False,
+                          soft_wrap=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)

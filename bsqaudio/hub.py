@@ -1,0 +1,124 @@
+"""Weights on disk: ``model.safetensors`` + ``config.json``; ``from_pretrained`` finds them.
+
+A name is resolved in order: nothing -> the default model embedded in the package; an existing
+local folder or ``.safetensors`` file; otherwise a Hugging Face Hub repo id, fetched through
+``hf_hub_download`` (which honours ``HF_HUB_OFFLINE``, the cache and a pinned revision). Weights
+are safetensors only, never pickles, and must match their config exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from bsqaudio.audio import write_bytes_atomic
+from bsqaudio.errors import BsqAudioError
+from bsqaudio.model import AudioBSQ, ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+EMBEDDED_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class Pretrained:
+    model: AudioBSQ
+    model_hash: str  # first 16 hex digits of the SHA-256 of the weights file
+    source: str
+
+
+def save_pretrained(model: AudioBSQ, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model.safetensors`` (config also in its metadata) and ``config.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = folder / f".{WEIGHTS_NAME}.part"
+    save_file(state, str(tmp), metadata={"config": model.config.to_json()})
+    tmp.replace(folder / WEIGHTS_NAME)
+    write_bytes_atomic(folder / CONFIG_NAME, (model.config.to_json() + "\n").encode())
+    return folder
+
+
+def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
+    """Build the model from a safetensors file and its config (beside it or in its metadata)."""
+    try:
+        payload = weights.read_bytes()
+    except OSError as err:
+        raise BsqAudioError(f"{weights}: cannot read model weights ({err.strerror})") from None
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BsqAudioError(f"{weights}: not a valid safetensors file ({err})") from None
+    beside = None
+    if config_path is not None and config_path.exists():
+        beside = ModelConfig.from_json(config_path.read_text())
+    inside = ModelConfig.from_json(metadata["config"]) if "config" in metadata else None
+    if beside and inside and beside != inside:
+        raise BsqAudioError(f"{weights}: config.json beside it does not match the weights' config")
+    config = beside or inside
+    if config is None:
+        raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
+    model = AudioBSQ(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        detail = (missing or unexpected)[0]
+        raise BsqAudioError(f"{weights}: weights do not match the config (first mismatch: {detail})")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if shapes[k] != v.shape]
+    if bad:
+        raise BsqAudioError(f"{weights}: weights do not match the config (shape of {bad[0]})")
+    model.eval()
+    digest = hashlib.sha256(payload).hexdigest()[:16]
+    return Pretrained(model=model, model_hash=digest, source=str(weights))
+
+
+def from_pretrained(name: str | Path | None = None, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> Pretrained:
+    """Load a model by name: None (embedded default), a folder, a file, or a Hub repo id."""
+    if name is None:
+        if not (EMBEDDED_DIR / WEIGHTS_NAME).exists():
+            raise BsqAudioError(
+                "no default model is bundled with this install yet: pass --model with a folder "
+                "holding model.safetensors + config.json (from `bsqaudio train`) or a Hub repo id"
+            )
+        return load_weights(EMBEDDED_DIR / WEIGHTS_NAME, EMBEDDED_DIR / CONFIG_NAME)
+    path = Path(name)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.exists():
+            raise BsqAudioError(f"{path}: folder has no {WEIGHTS_NAME}")
+        return load_weights(weights, path / CONFIG_NAME)
+    if path.is_file():
+        return load_weights(path, path.with_name(CONFIG_NAME))
+    return _from_hub(str(name), revision, cache_dir)
+
+
+def _from_hub(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> Pretrained:
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise BsqAudioError(f"{repo_id}: no such model file or folder, and not a Hub repo id")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+    except LocalEntryNotFoundError:
+        raise BsqAudioError(
+            f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline?); download it once with network access or pass a local folder"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise BsqAudioError(f"{repo_id}: cannot fetch from the Hugging Face Hub ({err})") from None
+    loaded = load_weights(Path(weights), Path(config_path))
+    loaded.source = f"{repo_id}@{revision or 'main'}"
+    return loaded

@@ -1,0 +1,95 @@
+"""Transformer blocks of the encoder and decoder: attention, Conformer convolution, feed-forward.
+
+Pre-LayerNorm residual blocks, each residual branch scaled by a learned per-channel factor
+(LayerScale) so that deep stacks start close to the identity and train stably.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerScale(nn.Module):
+    def __init__(self, width: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((width,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (fused kernels)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        b, n, d = x_bnd.shape
+        q, k, v = self.qkv(x_bnd).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution: pointwise -> GLU -> depthwise -> BatchNorm -> SiLU -> pointwise.
+
+    It runs along time, separately for each frequency row of the patch grid: the seed adds it for
+    local temporal structure, which the flattened time-major sequence would interleave with
+    frequency neighbours.
+    """
+
+    def __init__(self, width: int, kernel: int, grid_time: int, grid_freq: int) -> None:
+        super().__init__()
+        self.grid_time = grid_time
+        self.grid_freq = grid_freq
+        self.pointwise_in = nn.Conv1d(width, 2 * width, 1)
+        self.depthwise = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
+        self.norm = nn.BatchNorm1d(width)
+        self.pointwise_out = nn.Conv1d(width, width, 1)
+
+    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        b, n, d = x_bnd.shape
+        # (B, T*F, D) time-major -> (B*F, D, T): one sequence per frequency row.
+        x = x_bnd.view(b, self.grid_time, self.grid_freq, d).permute(0, 2, 3, 1)
+        x = x.reshape(b * self.grid_freq, d, self.grid_time)
+        x = F.glu(self.pointwise_in(x), dim=1)
+        x = F.silu(self.norm(self.depthwise(x)))
+        x = self.pointwise_out(x)
+        return x.view(b, self.grid_freq, d, self.grid_time).permute(0, 3, 1, 2).reshape(b, n, d)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, width: int, ratio: float) -> None:
+        hidden = int(width * ratio)
+        super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+
+class Block(nn.Module):
+    """x + s1*attn(LN x); x + s2*conv(LN x) (optional); x + s3*ffn(LN x). Shapes (B, N, D)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, layer_scale_init: float,
+                 conv_kernel: int | None, grid_time: int, grid_freq: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.attn_scale = LayerScale(width, layer_scale_init)
+        self.conv = None
+        if conv_kernel is not None:
+            self.conv_norm = nn.LayerNorm(width)
+            self.conv = ConvModule(width, conv_kernel, grid_time, grid_freq)
+            self.conv_scale = LayerScale(width, layer_scale_init)
+        self.ffn_norm = nn.LayerNorm(width)
+        self.ffn = FeedForward(width, mlp_ratio)
+        self.ffn_scale = LayerScale(width, layer_scale_init)
+
+    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        x = x_bnd + self.attn_scale(self.attn(self.attn_norm(x_bnd)))
+        if self.conv is not None:
+            x = x + self.conv_scale(self.conv(self.conv_norm(x)))
+        return x + self.ffn_scale(self.ffn(self.ffn_norm(x)))

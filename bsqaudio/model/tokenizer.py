@@ -1,0 +1,137 @@
+"""The tokenizer: normalized log-mel window -> L-bit code per patch -> reconstructed log-mel.
+
+Input and output are normalized spectrograms ``mel_btf`` of shape (B, T, F) = (B, 1024, 128) with
+values in [-1, 1] (dB / 40 + 1, so -80 dB is -1 and the window's peak is +1); see
+``bsqaudio.audio``. Patches are ``patch_time`` x ``patch_freq``, ordered time-major: patch
+``t * grid_freq + f`` covers frames ``t*pt .. (t+1)*pt`` and mel bins ``f*pf .. (f+1)*pf``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bsqaudio.model.blocks import Block
+from bsqaudio.model.config import ModelConfig
+from bsqaudio.model.quantizer import BinarySphericalQuantizer, QuantizerOutput, indices_to_codes
+
+
+def patchify(mel_btf: torch.Tensor, patch_time: int, patch_freq: int) -> torch.Tensor:
+    """(B, T, F) -> (B, N, pt*pf), N = (T/pt) * (F/pf), time-major."""
+    b, t, f = mel_btf.shape
+    x = mel_btf.view(b, t // patch_time, patch_time, f // patch_freq, patch_freq)
+    return x.permute(0, 1, 3, 2, 4).reshape(b, (t // patch_time) * (f // patch_freq), -1)
+
+
+def unpatchify(patches_bnp: torch.Tensor, patch_time: int, patch_freq: int,
+               grid_time: int, grid_freq: int) -> torch.Tensor:
+    """(B, N, pt*pf) -> (B, T, F); the inverse of ``patchify``."""
+    b = patches_bnp.shape[0]
+    x = patches_bnp.reshape(b, grid_time, grid_freq, patch_time, patch_freq)
+    return x.permute(0, 1, 3, 2, 4).reshape(b, grid_time * patch_time, grid_freq * patch_freq)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, depth: int) -> None:
+        super().__init__()
+        kernel = config.conv_kernel if config.conv else None
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio, config.layer_scale_init, kernel,
+                  config.grid_time, config.grid_freq)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(config.width)
+        self.grad_checkpointing = False
+
+    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x_bnd = checkpoint(block, x_bnd, use_reentrant=False)
+            else:
+                x_bnd = block(x_bnd)
+        return self.norm(x_bnd)
+
+
+class Refiner(nn.Module):
+    """A residual 3x3 conv stack over the whole spectrogram that smooths patch borders."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, 1, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, mel_btf: torch.Tensor) -> torch.Tensor:
+        return mel_btf + self.net(mel_btf.unsqueeze(1)).squeeze(1)
+
+
+@dataclass
+class TokenizerOutput:
+    reconstruction: torch.Tensor  # (B, T, F) normalized mel
+    quantizer: QuantizerOutput
+
+
+class AudioBSQ(nn.Module):
+    """Encoder ViT -> BSQ -> decoder ViT, on normalized log-mel windows."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        patch_dim = c.patch_time * c.patch_freq
+        self.patch_embed = nn.Linear(patch_dim, c.width)
+        self.encoder_pos = nn.Parameter(torch.randn(c.num_patches, c.width) * c.width ** -0.5)
+        self.encoder = Transformer(c, c.encoder_layers)
+        self.quant_embed = nn.Linear(c.width, c.code_bits)
+        self.quantizer = BinarySphericalQuantizer(c.code_bits, inv_temperature=c.inv_temperature)
+        self.post_quant_embed = nn.Linear(c.code_bits, c.width)
+        self.decoder_pos = nn.Parameter(torch.randn(c.num_patches, c.width) * c.width ** -0.5)
+        self.decoder = Transformer(c, c.decoder_layers)
+        self.head = nn.Linear(c.width, patch_dim)
+        self.refiner = Refiner(c.refine_channels) if c.refine_channels else None
+        self.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        self.encoder.grad_checkpointing = enabled
+        self.decoder.grad_checkpointing = enabled
+
+    def encode(self, mel_btf: torch.Tensor) -> QuantizerOutput:
+        """(B, T, F) normalized mel -> quantizer output with indices (B, N)."""
+        c = self.config
+        x = self.patch_embed(patchify(mel_btf, c.patch_time, c.patch_freq)) + self.encoder_pos
+        return self.quantizer(self.quant_embed(self.encoder(x)))
+
+    def decode_codes(self, codes_bnl: torch.Tensor) -> torch.Tensor:
+        """(B, N, L) codes -> (B, T, F) normalized mel in [-1, 1] at inference."""
+        c = self.config
+        x = self.decoder(self.post_quant_embed(codes_bnl) + self.decoder_pos)
+        mel = unpatchify(self.head(x), c.patch_time, c.patch_freq, c.grid_time, c.grid_freq)
+        if self.refiner is not None:
+            mel = self.refiner(mel)
+        return mel if self.training else mel.clamp(-1.0, 1.0)
+
+    def decode_indices(self, indices_bn: torch.Tensor) -> torch.Tensor:
+        """(B, N) int64 -> (B, T, F) normalized mel."""
+        codes = indices_to_codes(indices_bn, self.config.code_bits)
+        return self.decode_codes(codes.to(self.post_quant_embed.weight.dtype))
+
+    def forward(self, mel_btf: torch.Tensor) -> TokenizerOutput:
+        quantized = self.encode(mel_btf)
+        return TokenizerOutput(self.decode_codes(quantized.codes), quantized)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Build the bsqaudio training corpus from freely licensed Debian packages.
+
+Why Debian packages: they are versioned, mirrored, carry a machine-readable
+copyright file, and `apt-get download` fetches exactly the same bytes again,
+so the corpus can be rebuilt by anyone from this script alone.
+
+Pipeline, per package:
+  1. `apt-get download` the .deb into WORK and `dpkg -x` it into WORK/PKG.
+  2. Find its audio files (only under the folders listed in PACKAGES, so that
+     e.g. hedgewars contributes its voice packs and none of its effects) and
+     convert each with ffmpeg to 16 kHz mono 16-bit FLAC in WORK/flac/PKG.
+     Files shorter than 0.5 s or that ffmpeg cannot decode are reported and
+     left out.
+  3. Split by file into train/val with a hash of "PKG/source path", so the
+     split never depends on run order, and hard-link each FLAC to
+     OUT/{train,val}/PKG/NAME.flac.
+  4. Read the licence from the package's copyright file and write
+     OUT/manifest.jsonl, OUT/SUMMARY.md and a copy of each copyright file.
+
+Every step is resumable: finished downloads, extractions and conversions are
+kept in WORK and skipped on a re-run (partial results are written under a
+temporary name and renamed only when complete).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.5
+AUDIO_EXTS = {".g722", ".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3"}
+ZIP_EXTS = {".pk3"}  # zip archives (Quake-engine game data) holding audio
+
+
+@dataclass(frozen=True)
+class Package:
+    """What to take from a package.
+
+    `roots` maps each audio folder inside the package to the `Files:` pattern
+    of the DEP-5 copyright paragraph that covers it (chosen by reading the
+    copyright file, because its paths are upstream source paths that do not
+    match installed paths). None means the copyright file is free-form.
+    """
+
+    kind: str
+    roots: dict[str, str | None]
+
+
+def _asterisk(pattern: str) -> Package:
+    return Package("speech", {"usr/share/asterisk/sounds": pattern})
+
+
+PACKAGES = {
+    "asterisk-core-sounds-en-g722": _asterisk("*"),
+    "asterisk-core-sounds-es-g722": _asterisk("*"),
+    "asterisk-core-sounds-fr-g722": _asterisk("fr-*"),
+    "asterisk-core-sounds-it-g722": _asterisk("it-*"),
+    "hedgewars-data": Package(
+        "speech",
+        {"usr/share/games/hedgewars/Data/Sounds/voices": "share/hedgewars/Data/Sounds/*"},
+    ),
+    "drascula-music": Package("music", {"usr/share/scummvm/drascula/audio": "*"}),
+    "warzone2100-music": Package("music", {"usr/share/games/warzone2100/music": "*"}),
+    "planetblupi-music-ogg": Package("music", {"usr/share/planetblupi/music": "*"}),
+    "supertux-data": Package(
+        "music",
+        {"usr/share/games/supertux2/music": "data/music/*", "usr/share/games/supertux2/sounds": "*"},
+    ),
+    "nexuiz-music": Package("music", {"usr/share/games/nexuiz/data": None}),
+}
+
+
+@dataclass
+class Item:
+    """One audio file of a package and, once converted, its staged FLAC."""
+
+    package: str
+    root: str
+    source: str  # path inside the package; zip members as ARCHIVE/MEMBER
+    file: Path  # what ffmpeg reads (the archive itself for zip members)
+    member: str | None = None
+    flac: Path | None = None
+    duration: float = 0.0
+    split: str = "train"
+
+
+def die(message: str) -> None:
+    sys.exit(f"build_corpus: error: {message}")
+
+
+def require_tools(need_apt: bool) -> None:
+    """Fail early with one clear line rather than a traceback mid-run."""
+    tools = ["ffmpeg", "dpkg", "dpkg-deb"] + (["apt-get"] if need_apt else [])
+    for tool in tools:
+        if shutil.which(tool) is None:
+            hint = "install it with: apt-get install ffmpeg" if tool == "ffmpeg" else "run this on Debian or Ubuntu"
+            die(f"'{tool}' not found on PATH; {hint}")
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode:
+        lines = result.stderr.strip().splitlines()
+        die(f"{' '.join(cmd)} failed: {lines[-1] if lines else f'exit {result.returncode}'}")
+    return result
+
+
+def deb_path(package: str, work: Path) -> Path | None:
+    debs = sorted(work.glob(f"{package}_*.deb"))
+    if len(debs) > 1:
+        die(f"several .deb files for {package} in {work}; delete the stale ones")
+    return debs[0] if debs else None
+
+
+def fetch(package: str, work: Path) -> tuple[Path, Path]:
+    """Download and unpack a package once; return (deb, unpacked tree)."""
+    deb = deb_path(package, work)
+    if deb is None:
+        print(f"{package}: apt-get download", flush=True)
+        run(["apt-get", "download", package], cwd=work)
+        deb = deb_path(package, work)
+    tree = work / package
+    if not tree.is_dir():
+        partial = work / f"{package}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        run(["dpkg", "-x", str(deb), str(partial)])
+        partial.rename(tree)
+    return deb, tree
+
+
+def find_audio(package: str, tree: Path) -> list[Item]:
+    """List the package's audio, skipping symlinks (they duplicate real files)."""
+    items = []
+    for root in PACKAGES[package].roots:
+        for path in sorted((tree / root).rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            source = path.relative_to(tree).as_posix()
+            ext = path.suffix.lower()
+            if ext in AUDIO_EXTS:
+                items.append(Item(package, root, source, path))
+            elif ext in ZIP_EXTS:
+                with zipfile.ZipFile(path) as archive:
+                    for member in sorted(archive.namelist()):
+                        if Path(member).suffix.lower() in AUDIO_EXTS:
+                            items.append(Item(package, root, f"{source}/{member}", path, member))
+    return items
+
+
+def output_names(items: list[Item]) -> list[str]:
+    """Flatten paths below the package's common folder with '__'.
+
+    A file keeps its extension in the name only when another file has the
+    same path stem (supertux ships e.g. both grow.ogg and grow.wav).
+    """
+    common = os.path.commonpath([os.path.dirname(item.source) for item in items])
+    stems = [os.path.splitext(os.path.relpath(item.source, common))[0] for item in items]
+    clashes = {stem for stem, count in Counter(stems).items() if count > 1}
+    names = []
+    for item, stem in zip(items, stems):
+        if stem in clashes:
+            stem += "_" + Path(item.source).suffix.lstrip(".").lower()
+        names.append(stem.replace("/", "__") + ".flac")
+    return names
+
+
+def flac_duration(path: Path) -> float:
+    """Duration from the FLAC STREAMINFO block (ffmpeg fills in the sample count)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:4] != b"fLaC":
+        raise ValueError(f"{path} is not a FLAC file")
+    info = int.from_bytes(head[18:26], "big")  # 20 bits rate, 3 channels, 5 bps, 36 samples
+    return (info & (1 << 36) - 1) / (info >> 44)
+
+
+def convert(item: Item, dest: Path) -> str | None:
+    """Convert to 16 kHz mono s16 FLAC at dest unless already there; return an error or None."""
+    if not dest.exists():
+        stdin = b""
+        if item.member:
+            with zipfile.ZipFile(item.file) as archive:
+                stdin = archive.read(item.member)
+        source = "pipe:0" if item.member else str(item.file)
+        fmt = ["-f", "g722"] if item.source.endswith(".g722") else []  # raw codec, no header
+        partial = dest.with_name(dest.name + ".partial")
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *fmt, "-i", source,
+               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-sample_fmt", "s16",
+               "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
+               "-c:a", "flac", "-f", "flac", str(partial)]
+        result = subprocess.run(cmd, input=stdin, capture_output=True)
+        if result.returncode:
+            partial.unlink(missing_ok=True)
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            return "ffmpeg cannot decode: " + (lines[-1] if lines else f"exit {result.returncode}")
+        partial.rename(dest)
+    item.flac = dest
+    item.duration = flac_duration(dest)
+    return None if item.duration >= MIN_SECONDS else f"too short ({item.duration:.2f} s)"
+
+
+def hash_fraction(package: str, source: str) -> float:
+    return int(hashlib.sha1(f"{package}/{source}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def assign_splits(items: list[Item], val_fraction: float) -> None:
+    """Hash split by file; a package with >= 10 files gets at least one val file.
+
+    The forced one is the file whose hash is lowest, so it is the first file to
+    go to val if val_fraction grows, and the choice is stable across runs.
+    """
+    for item in items:
+        item.split = "val" if hash_fraction(item.package, item.source) < val_fraction else "train"
+    if len(items) >= 10 and all(item.split == "train" for item in items):
+        min(items, key=lambda item: hash_fraction(item.package, item.source)).split = "val"
+
+
+def place(item: Item, out: Path, name: str) -> Path:
+    """Hard-link the staged FLAC into OUT/split/PKG (copy across filesystems)."""
+    target = out / item.split / item.package / name
+    (out / ("val" if item.split == "train" else "train") / item.package / name).unlink(missing_ok=True)
+    if not (target.exists() and target.samefile(item.flac)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(item.flac, target)
+        except OSError:
+            shutil.copyfile(item.flac, target)
+    return target
+
+
+def parse_dep5(text: str) -> list[dict[str, str]]:
+    """Paragraphs of a DEP-5 file as {field: value}, continuation lines kept."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        fields, key = {}, None
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and key:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        paragraphs.append(fields)
+    return paragraphs
+
+
+def licence_of(text: str, pattern: str | None) -> tuple[str, str]:
+    """(licence name, copyright holders) for the paragraph covering `pattern`.
+
+    For free-form copyright files this is a best-effort guess at a GNU licence
+    and the first line mentioning a copyright.
+    """
+    if pattern is None or not text.startswith("Format:"):
+        gnu = re.search(r"GNU (Lesser |Library )?General Public\s+License.{0,120}?version\s+(\d[\d.]*)", text, re.S)
+        name = f"{'LGPL' if gnu.group(1) else 'GPL'}-{gnu.group(2)}" if gnu else "unknown (see copyright file)"
+        if gnu and "any later version" in text:
+            name += "+"
+        holder = re.search(r"^.*(?:©|\(c\)|Copyright).*$", text, re.M | re.I)
+        return name, holder.group(0).strip() if holder else ""
+    for fields in parse_dep5(text):
+        if pattern in fields.get("Files", "").split():
+            holders = [h.strip().rstrip(",") for h in fields.get("Copyright", "").splitlines() if h.strip()]
+            return fields["License"].splitlines()[0], "; ".join(holders[:3]) + (" et al." if len(holders) > 3 else "")
+    die(f"no 'Files: {pattern}' paragraph in copyright file; update PACKAGES")
+
+
+def write_summary(out: Path, rows: list[dict], skipped: list[tuple[str, str, str]], val_fraction: float) -> None:
+    lines = [
+        "# bsqaudio corpus",
+        "",
+        f"Built by `scripts/build_corpus.py` (16 kHz mono 16-bit FLAC, val fraction {val_fraction}, split by file).",
+        "Copyright files are copied to `copyright/`.",
+        "",
+        "| package | version | kind | files train | files val | hours train | hours val | skipped | licence | copyright holders | copyright file |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['package']} | {r['version']} | {r['kind']} | {r['files']['train']} | {r['files']['val']} "
+            f"| {r['hours']['train']:.3f} | {r['hours']['val']:.3f} | {r['skipped']} | {r['licence']} "
+            f"| {r['holders']} | {r['copyright']} |"
+        )
+    total = {key: {s: sum(r[key][s] for r in rows) for s in ("train", "val")} for key in ("files", "hours")}
+    lines.append(
+        f"| **total** | | | {total['files']['train']} | {total['files']['val']} | {total['hours']['train']:.3f} "
+        f"| {total['hours']['val']:.3f} | {len(skipped)} | | | |"
+    )
+    lines += ["", "## Skipped files", ""]
+    lines += [f"- {package}: `{source}`: {reason}" for package, source, reason in skipped] or ["None."]
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="packages: " + ", ".join(PACKAGES) + "\n\nexample:\n  python scripts/build_corpus.py "
+        "--work /work/data/debs --out /work/data/corpus",
+    )
+    parser.add_argument("--work", type=Path, required=True, help="cache for .debs, unpacked trees and staged FLACs")
+    parser.add_argument("--out", type=Path, required=True, help="corpus folder to write")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of files for validation (default 0.05)")
+    parser.add_argument("--packages", nargs="+", choices=PACKAGES, default=list(PACKAGES), metavar="PKG",
+                        help="only these packages (the manifest then lists only them)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel ffmpeg processes (default 2)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    work, out = args.work.resolve(), args.out.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    require_tools(need_apt=any(deb_path(p, work) is None for p in args.packages))
+
+    manifest, rows, skipped = [], [], []
+    for package in args.packages:
+        deb, tree = fetch(package, work)
+        items = find_audio(package, tree)
+        if not items:
+            die(f"no audio found in {package} under {', '.join(PACKAGES[package].roots)}; update PACKAGES")
+        names = output_names(items)
+        stage = work / "flac" / package
+        stage.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            errors = list(pool.map(lambda pair: convert(pair[0], stage / pair[1]), zip(items, names)))
+        kept = []
+        for item, name, error in zip(items, names, errors):
+            if error:
+                print(f"{package}: skip {item.source}: {error}", file=sys.stderr)
+                skipped.append((package, item.source, error))
+            else:
+                kept.append((item, name))
+        assign_splits([item for item, _ in kept], args.val_fraction)
+
+        copyright_file = f"usr/share/doc/{package}/copyright"
+        text = (tree / copyright_file).read_text(errors="replace")
+        (out / "copyright").mkdir(exist_ok=True)
+        (out / "copyright" / package).write_text(text)
+        licences = {root: licence_of(text, pattern) for root, pattern in PACKAGES[package].roots.items()}
+        for item, name in kept:
+            manifest.append({
+                "path": place(item, out, name).relative_to(out).as_posix(),
+                "split": item.split,
+                "duration_s": round(item.duration, 4),
+                "package": package,
+                "kind": PACKAGES[package].kind,
+                "source": item.source,
+                "licence": licences[item.root][0],
+            })
+        rows.append({
+            "package": package,
+            "version": run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip(),
+            "kind": PACKAGES[package].kind,
+            "files": {s: sum(item.split == s for item, _ in kept) for s in ("train", "val")},
+            "hours": {s: sum(item.duration for item, _ in kept if item.split == s) / 3600 for s in ("train", "val")},
+            "skipped": len(items) - len(kept),
+            "licence": " / ".join(sorted({name for name, _ in licences.values()})),
+            "holders": " / ".join(dict.fromkeys(holders for _, holders in licences.values())),
+            "copyright": f"{copyright_file} (copy: copyright/{package})",
+        })
+        print(f"{package}: {len(kept)} files kept, {len(items) - len(kept)} skipped", flush=True)
+
+    with open(out / "manifest.jsonl", "w") as f:
+        for entry in sorted(manifest, key=lambda e: e["path"]):
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    write_summary(out, rows, skipped, args.val_fraction)
+    print(f"wrote {len(manifest)} files to {out}")
+
+
+if __name__ == "__main__":
+    main()
