@@ -202,6 +202,76 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
+@app.command(epilog="Examples:\n\n  bsqaudio train corpus/ --out runs/small\n\n"
+                    "  bsqaudio train corpus/ --out runs/small --resume\n\n"
+                    "  torchrun --nproc-per-node 8 -m bsqaudio train corpus/ --out runs/base "
+                    "--preset base --batch-size 32 --lr-per-sample 4e-7")
+def train(
+    inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), audio files or .txt lists.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: cache, checkpoints, metrics, export.")],
+    preset: Annotated[str, typer.Option(help="Model preset: tiny, small or base.")] = "small",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set code_bits=18.")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 20000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per step per rank.")] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 4e-4,
+    lr_per_sample: Annotated[Optional[float], typer.Option(help="Peak lr per sample of global batch (BSQ-ViT: 4e-7); overrides --lr.")] = None,
+    warmup: int = 500,
+    loss: Annotated[str, typer.Option(help="mse or l1, on dB/40.")] = "mse",
+    quantizer_weight: float = 0.1,
+    spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
+    time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
+    discriminator: Annotated[bool, typer.Option("--discriminator/--no-discriminator", help="PatchGAN on the mel (off by default on CPU).")] = False,
+    disc_start: int = 5000,
+    disc_weight: float = 0.1,
+    ema_decay: float = 0.999,
+    val_fraction: float = 0.05,
+    val_dir: Annotated[Optional[list[str]], typer.Option(help="Validation folders (instead of a split).")] = None,
+    val_every: int = 500,
+    val_windows: int = 32,
+    checkpoint_every: int = 200,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many minutes.")] = None,
+    seed: int = 0,
+    grad_checkpointing: bool = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
+    device: DeviceOpt = "auto",
+    cache: Annotated[Optional[str], typer.Option(help="Audio cache folder (default RUN/cache).")] = None,
+    plot: Annotated[bool, typer.Option(help="Write loss and spectrogram PNGs at each validation.")] = False,
+    export_dtype: Annotated[str, typer.Option(help="float32 or float16 for the exported weights.")] = "float32",
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.")] = False,
+) -> None:
+    """Train a tokenizer; resumable, DDP under torchrun; exports RUN/export at the end."""
+    from bsqaudio.train.loop import TrainSettings
+    from bsqaudio.train.loop import train as run_training
+
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--set needs key=value, not {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if export_dtype not in ("float32", "float16", "bfloat16"):
+        fail("--export-dtype must be float32, float16 or bfloat16")
+    settings = TrainSettings(
+        inputs=inputs, out=str(out), preset=preset, config_overrides=overrides, steps=steps,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_per_sample=lr_per_sample,
+        warmup=warmup, loss=loss, quantizer_weight=quantizer_weight, spec_augment=spec_augment,
+        time_masks=time_masks, time_mask_width=time_mask_width, freq_masks=freq_masks,
+        freq_mask_width=freq_mask_width, discriminator=discriminator, disc_start=disc_start,
+        disc_weight=disc_weight, ema_decay=ema_decay, val_fraction=val_fraction,
+        val_dirs=val_dir or [], val_every=val_every, val_windows=val_windows,
+        checkpoint_every=checkpoint_every, seed=seed, grad_checkpointing=grad_checkpointing,
+        compile=compile, device=device, cache=cache, plot=plot, export_dtype=export_dtype,
+        max_minutes=max_minutes,
+    )
+    if loss not in ("mse", "l1"):
+        fail("--loss must be mse or l1")
+    run_training(settings, resume=resume)
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,

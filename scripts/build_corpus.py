@@ -8,7 +8,8 @@ so the corpus can be rebuilt by anyone from this script alone.
 Pipeline, per package:
   1. `apt-get download` the .deb into WORK and `dpkg -x` it into WORK/PKG.
   2. Find its audio files (only under the folders listed in PACKAGES, so that
-     e.g. hedgewars contributes its voice packs and none of its effects) and
+     e.g. hedgewars contributes its voice packs and none of its effects; zip
+     archives such as nexuiz's music.pk3 are read member by member) and
      convert each with ffmpeg to 16 kHz mono 16-bit FLAC in WORK/flac/PKG.
      Files shorter than 0.5 s or that ffmpeg cannot decode are reported and
      left out.
@@ -52,14 +53,16 @@ class Package:
     of the DEP-5 copyright paragraph that covers it (chosen by reading the
     copyright file, because its paths are upstream source paths that do not
     match installed paths). None means the copyright file is free-form.
+    Sub-folders named in `exclude` hold no speech or music and are left out.
     """
 
     kind: str
     roots: dict[str, str | None]
+    exclude: tuple[str, ...] = ()
 
 
 def _asterisk(pattern: str) -> Package:
-    return Package("speech", {"usr/share/asterisk/sounds": pattern})
+    return Package("speech", {"usr/share/asterisk/sounds": pattern}, exclude=("silence",))  # 1-10 s of silence
 
 
 PACKAGES = {
@@ -145,7 +148,8 @@ def find_audio(package: str, tree: Path) -> list[Item]:
     items = []
     for root in PACKAGES[package].roots:
         for path in sorted((tree / root).rglob("*")):
-            if path.is_symlink() or not path.is_file():
+            excluded = set(path.relative_to(tree / root).parts) & set(PACKAGES[package].exclude)
+            if path.is_symlink() or not path.is_file() or excluded:
                 continue
             source = path.relative_to(tree).as_posix()
             ext = path.suffix.lower()
@@ -230,7 +234,6 @@ def assign_splits(items: list[Item], val_fraction: float) -> None:
 def place(item: Item, out: Path, name: str) -> Path:
     """Hard-link the staged FLAC into OUT/split/PKG (copy across filesystems)."""
     target = out / item.split / item.package / name
-    (out / ("val" if item.split == "train" else "train") / item.package / name).unlink(missing_ok=True)
     if not (target.exists() and target.samefile(item.flac)):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)
@@ -350,9 +353,12 @@ def main() -> None:
         (out / "copyright").mkdir(exist_ok=True)
         (out / "copyright" / package).write_text(text)
         licences = {root: licence_of(text, pattern) for root, pattern in PACKAGES[package].roots.items()}
-        for item, name in kept:
+        placed = {place(item, out, name): item for item, name in kept}
+        for stale in {*(out / "train" / package).glob("*.flac"), *(out / "val" / package).glob("*.flac")} - placed.keys():
+            stale.unlink()  # left by an earlier run with another split or file list
+        for path, item in placed.items():
             manifest.append({
-                "path": place(item, out, name).relative_to(out).as_posix(),
+                "path": path.relative_to(out).as_posix(),
                 "split": item.split,
                 "duration_s": round(item.duration, 4),
                 "package": package,

@@ -1,0 +1,52 @@
+"""Resumable checkpoints: weights as safetensors, optimizer and RNG state via ``weights_only``.
+
+One folder, replaced atomically: a run killed at any moment leaves either the previous complete
+checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bsqaudio.errors import BsqAudioError
+
+
+def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module,
+                    trainer_state: dict, meta: dict) -> None:
+    """Write ``folder`` (model, ema, trainer state, meta) through a temporary sibling folder."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_cpu_state(model), str(tmp / "model.safetensors"))
+    save_file(_cpu_state(ema), str(tmp / "ema.safetensors"))
+    torch.save(trainer_state, tmp / "trainer.pt")
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) -> tuple[dict, dict]:
+    """Restore weights in place; return (trainer_state, meta)."""
+    if not (folder / "meta.json").exists():
+        old = folder.with_name(folder.name + ".old")
+        if (old / "meta.json").exists():  # killed between the two renames
+            folder = old
+        else:
+            raise BsqAudioError(f"{folder}: no checkpoint to resume from")
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    trainer_state = torch.load(folder / "trainer.pt", weights_only=True, map_location="cpu")
+    return trainer_state, json.loads((folder / "meta.json").read_text())
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

@@ -1,0 +1,146 @@
+"""Training data: a one-time cache of 16 kHz mono int16 audio, and random window crops from it.
+
+Decoding and resampling compressed audio every step would starve a 2-core machine, so the first
+run decodes every input once into ``audio.npy`` (memory-mapped, int16) with an ``index.json`` of
+file offsets; later runs and other ranks reuse it. Unreadable files are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsqaudio.audio import load_mono
+from bsqaudio.errors import BsqAudioError
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf",
+                  ".w64", ".rf64"}
+CACHE_VERSION = 1
+
+
+def list_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Folders (recursive), audio files and text files listing paths -> sorted audio paths."""
+    found: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.update(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                         and p.is_file())
+        elif path.suffix.lower() in (".txt", ".lst", ".list"):
+            for line in path.read_text().splitlines():
+                if line.strip() and not line.startswith("#"):
+                    found.add(Path(line.strip()))
+        elif path.exists():
+            found.add(path)
+        else:
+            raise BsqAudioError(f"{path}: no such file or folder")
+    return sorted(found)
+
+
+def is_validation(path: Path, fraction: float) -> bool:
+    """A deterministic split by file: the same file always lands on the same side."""
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return int(digest, 16) / 0xFFFFFFFF < fraction
+
+
+@dataclass
+class AudioCache:
+    """int16 audio of many files back to back, with each file's (offset, length) and name."""
+
+    audio: np.ndarray  # (S,) int16, memory-mapped
+    offsets: np.ndarray  # (N,) int64
+    lengths: np.ndarray  # (N,) int64
+    names: list[str]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.lengths.sum()) / 16000
+
+    @classmethod
+    def open(cls, folder: Path) -> AudioCache:
+        index = json.loads((folder / "index.json").read_text())
+        audio = np.load(folder / "audio.npy", mmap_mode="r")
+        return cls(audio, np.asarray(index["offsets"], dtype=np.int64),
+                   np.asarray(index["lengths"], dtype=np.int64), index["names"])
+
+    @classmethod
+    def build(cls, files: list[Path], folder: Path, sample_rate: int, log=print) -> AudioCache:
+        """Decode ``files`` once into ``folder``; reuse it when it already holds the same list."""
+        key = hashlib.sha1(json.dumps([CACHE_VERSION, sample_rate] + [str(f) for f in files])
+                           .encode()).hexdigest()
+        index_path = folder / "index.json"
+        if index_path.exists() and json.loads(index_path.read_text()).get("key") == key:
+            return cls.open(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        chunks, names, lengths, failed = [], [], [], 0
+        for path in files:
+            try:
+                wave, _, _ = load_mono(path, sample_rate)
+            except BsqAudioError as err:
+                log(f"skipping {err}")
+                failed += 1
+                continue
+            if wave.numel() < sample_rate // 10:
+                log(f"skipping {path}: shorter than 0.1 s")
+                failed += 1
+                continue
+            chunks.append((wave.clamp(-1, 1) * 32767).round().to(torch.int16).numpy())
+            names.append(str(path))
+            lengths.append(chunks[-1].shape[0])
+        if not chunks:
+            raise BsqAudioError("no readable audio among the training inputs")
+        lengths_np = np.asarray(lengths, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths_np)[:-1]])
+        tmp = folder / "audio.tmp.npy"
+        np.save(tmp, np.concatenate(chunks))
+        os.replace(tmp, folder / "audio.npy")
+        index = {"key": key, "names": names, "offsets": offsets.tolist(), "lengths": lengths,
+                 "skipped": failed}
+        tmp_index = folder / "index.tmp.json"
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)
+        log(f"cached {len(names)} files ({lengths_np.sum() / sample_rate / 3600:.2f} h), "
+            f"skipped {failed}")
+        return cls.open(folder)
+
+    def subset(self, keep: np.ndarray) -> AudioCache:
+        return AudioCache(self.audio, self.offsets[keep], self.lengths[keep],
+                          [n for n, k in zip(self.names, keep) if k])
+
+    def random_crops(self, count: int, length: int, generator: torch.Generator,
+                     gain_db: tuple[float, float] = (-12.0, 0.0), silence: float = 1e-3,
+                     tries: int = 8) -> torch.Tensor:
+        """(count, length) float32 crops: a file chosen in proportion to its length, a random
+        start; shorter files are zero-padded; near-silent crops are drawn again (up to ``tries``)."""
+        weights = torch.as_tensor(self.lengths, dtype=torch.float64)
+        out = torch.zeros(count, length)
+        for i in range(count):
+            for _ in range(tries):
+                f = int(torch.multinomial(weights, 1, generator=generator))
+                span = int(self.lengths[f]) - length
+                start = int(torch.randint(0, span + 1, (1,), generator=generator)) if span > 0 else 0
+                take = min(length, int(self.lengths[f]))
+                lo = int(self.offsets[f]) + start
+                piece = torch.from_numpy(self.audio[lo: lo + take].astype(np.float32) / 32768)
+                if piece.abs().max() > silence:
+                    break
+            out[i, :take] = piece
+        low, high = gain_db
+        gains = low + (high - low) * torch.rand(count, 1, generator=generator)
+        return out * 10 ** (gains / 20)
+
+    def first_crops(self, length: int, limit: int) -> torch.Tensor:
+        """Deterministic validation crops: the start of each file (padded), at most ``limit``."""
+        count = min(limit, len(self.names))
+        out = torch.zeros(count, length)
+        for i in range(count):
+            take = min(length, int(self.lengths[i]))
+            lo = int(self.offsets[i])
+            out[i, :take] = torch.from_numpy(self.audio[lo: lo + take].astype(np.float32) / 32768)
+        return out

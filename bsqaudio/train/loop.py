@@ -1,0 +1,391 @@
+"""The training loop: one process, or one per GPU/CPU rank under ``torchrun`` (DDP).
+
+Every knob is a field of ``TrainSettings``; the CLI's ``train`` command fills it. Defaults come
+from measurement on a 2-core CPU (batch 8, AdamW 4e-4); the seed's GPU recipe is
+``--batch-size 32 --lr-per-sample 4e-7``. All randomness (crops, gains, masks) comes from one CPU
+generator per rank whose state is checkpointed, so a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bsqaudio.audio import MelFrontend
+from bsqaudio.errors import BsqAudioError
+from bsqaudio.hub import save_pretrained
+from bsqaudio.model import AudioBSQ, ModelConfig, preset
+from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
+from bsqaudio.train.data import AudioCache, is_validation, list_inputs
+from bsqaudio.train.losses import (
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    reconstruction_loss,
+    spec_augment,
+)
+from bsqaudio.train.metrics import code_usage, mel_errors_db
+
+
+@dataclass
+class TrainSettings:
+    inputs: list[str]
+    out: str
+    preset: str = "small"
+    config_overrides: dict = field(default_factory=dict)
+    steps: int = 20000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 4e-4
+    lr_per_sample: float | None = None  # if set, lr = lr_per_sample * global batch (BSQ-ViT)
+    warmup: int = 500
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    loss: str = "mse"
+    quantizer_weight: float = 0.1
+    quantizer_warmup: int = 1000  # steps over which the quantizer loss ramps in
+    spec_augment: bool = True
+    time_masks: int = 2
+    time_mask_width: int = 40
+    freq_masks: int = 2
+    freq_mask_width: int = 12
+    discriminator: bool = False
+    disc_start: int = 5000
+    disc_weight: float = 0.1
+    disc_lr: float = 1e-4
+    val_fraction: float = 0.05
+    val_dirs: list[str] = field(default_factory=list)
+    val_every: int = 500
+    val_windows: int = 32
+    checkpoint_every: int = 200
+    seed: int = 0
+    grad_checkpointing: bool = False
+    compile: bool = False
+    device: str = "auto"
+    cache: str | None = None
+    plot: bool = False
+    export_dtype: str = "float32"
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    log_every: int = 10
+
+
+class Run:
+    """Process group, device and output folder of one training run."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.settings = settings
+        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        if settings.device == "auto":
+            use_cuda = torch.cuda.is_available()
+        else:
+            use_cuda = settings.device.startswith("cuda")
+            if use_cuda and not torch.cuda.is_available():
+                raise BsqAudioError("--device cuda was asked for, but no CUDA GPU is available")
+        if self.distributed:
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            local = int(os.environ.get("LOCAL_RANK", 0))
+        else:
+            self.rank, self.world, local = 0, 1, 0
+        if use_cuda:
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        self.out = Path(settings.out)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.distributed:
+            dist.destroy_process_group()
+
+
+def learning_rate(settings: TrainSettings, step: int, world: int) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak at the last step."""
+    if settings.lr_per_sample is not None:
+        peak = settings.lr_per_sample * settings.batch_size * settings.grad_accum * world
+    else:
+        peak = settings.lr
+    if step < settings.warmup:
+        return peak * (step + 1) / settings.warmup
+    progress = min(1.0, (step - settings.warmup) / max(1, settings.steps - settings.warmup))
+    floor = settings.min_lr_ratio
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def model_config(settings: TrainSettings) -> ModelConfig:
+    base = preset(settings.preset).to_dict()
+    base.update(settings.config_overrides)
+    return ModelConfig.from_dict(base)
+
+
+def prepare_data(run: Run, config: ModelConfig) -> tuple[AudioCache, AudioCache]:
+    s = run.settings
+    files = list_inputs(s.inputs)
+    val_files = list_inputs(s.val_dirs) if s.val_dirs else []
+    if not s.val_dirs:
+        val_files = [f for f in files if is_validation(f, s.val_fraction)]
+        files = [f for f in files if not is_validation(f, s.val_fraction)]
+    if not files or not val_files:
+        raise BsqAudioError("need at least one training and one validation file "
+                            "(add files, raise --val-fraction or give --val-dir)")
+    cache_root = Path(s.cache) if s.cache else run.out / "cache"
+    if run.is_main:
+        train = AudioCache.build(files, cache_root / "train", config.sample_rate, run.log)
+        val = AudioCache.build(val_files, cache_root / "val", config.sample_rate, run.log)
+    run.barrier()
+    if not run.is_main:
+        train = AudioCache.open(cache_root / "train")
+        val = AudioCache.open(cache_root / "val")
+    return train, val
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.stop = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(settings: TrainSettings, resume: bool = False) -> dict:
+    """Run (or continue) training; returns the last validation metrics."""
+    run = Run(settings)
+    s = settings
+    try:
+        return _train(run, s, resume)
+    finally:
+        run.close()
+
+
+def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
+    config = model_config(s)
+    frontend = MelFrontend(config)
+    train_cache, val_cache = prepare_data(run, config)
+    run.log(f"train {train_cache.seconds / 3600:.2f} h in {len(train_cache.names)} files, "
+            f"val {val_cache.seconds / 3600:.2f} h in {len(val_cache.names)} files; "
+            f"{config.name}: {config.bitrate:.0f} bit/s, device {run.device}, world {run.world}")
+
+    torch.manual_seed(s.seed)
+    model = AudioBSQ(config)
+    model.set_grad_checkpointing(s.grad_checkpointing)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if run.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(run.device)
+    ema.to(run.device)
+    core = model
+    if run.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    forward = torch.compile(model) if s.compile else model
+    optimizer = torch.optim.AdamW(core.parameters(), lr=s.lr, betas=(0.9, 0.99),
+                                  weight_decay=s.weight_decay)
+    disc = disc_opt = None
+    if s.discriminator:
+        disc = PatchDiscriminator().to(run.device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=s.disc_lr, betas=(0.5, 0.9))
+    generator = torch.Generator().manual_seed(s.seed * 1000 + run.rank)
+    step = 0
+    ckpt_dir = run.out / "checkpoint"
+    if resume:
+        trainer_state, meta = load_checkpoint(ckpt_dir, core, ema)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        generator.set_state(trainer_state["generators"][run.rank])
+        if disc is not None and "disc" in trainer_state:
+            disc.load_state_dict(trainer_state["disc"])
+            disc_opt.load_state_dict(trainer_state["disc_optimizer"])
+        step = meta["step"]
+        run.log(f"resumed from step {step}")
+
+    segment = config.window_samples - config.hop_length + config.n_fft
+    val_wave = val_cache.first_crops(segment, s.val_windows)
+    val_len = torch.as_tensor(np.minimum(val_cache.lengths[: val_wave.shape[0]], config.window_samples))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
+                else contextlib.nullcontext())
+    head = core.refiner.net[-1].weight if core.refiner is not None else core.head.weight
+
+    def save(step: int) -> None:
+        states = [generator.get_state()]
+        if run.distributed:
+            gathered = [None] * run.world
+            dist.all_gather_object(gathered, generator.get_state())
+            states = gathered
+        if not run.is_main:
+            return
+        trainer_state = {"optimizer": optimizer.state_dict(), "generators": states}
+        if disc is not None:
+            trainer_state["disc"] = disc.state_dict()
+            trainer_state["disc_optimizer"] = disc_opt.state_dict()
+        save_checkpoint(ckpt_dir, step, core, ema, trainer_state,
+                        {"settings": asdict(s), "config": config.to_dict()})
+
+    def validate(step: int) -> dict:
+        metrics = evaluate(ema, frontend, val_wave, val_len, run.device, autocast)
+        metrics.update(step=step, time=time.time())
+        with open(run.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"kind": "val", **metrics}) + "\n")
+        run.log(f"val step {step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
+                f"MSE {metrics['mel_mse_db']:.1f} dB^2, bits {metrics['bit_balance_min']:.2f}-"
+                f"{metrics['bit_balance_max']:.2f}, distinct {metrics['distinct_per_window']:.2f}, "
+                f"perplexity {metrics['perplexity']:.0f}")
+        if s.plot:
+            from bsqaudio.train.plots import plot_run
+
+            plot_run(run.out, ema, frontend, val_wave[:1], run.device)
+        return metrics
+
+    stop = StopFlag()
+    start_time = time.time()
+    last = {}
+    tokens_per_step = s.batch_size * s.grad_accum * run.world * config.num_patches
+    tick, tick_step = time.time(), step
+    try:
+        if step == 0 and run.is_main:
+            last = validate(0)
+        while step < s.steps and not stop.stop:
+            lr = learning_rate(s, step, run.world)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, s.quantizer_warmup))
+            use_gan = disc is not None and step >= s.disc_start
+            logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
+            for micro in range(s.grad_accum):
+                wave = train_cache.random_crops(s.batch_size, segment, generator).to(run.device)
+                with torch.no_grad():
+                    target, _ = frontend.normalize(frontend.power_mel(wave))
+                inputs = target
+                if s.spec_augment:
+                    inputs = spec_augment(target, generator, s.time_masks, s.time_mask_width,
+                                          s.freq_masks, s.freq_mask_width)
+                sync = (contextlib.nullcontext() if not run.distributed or micro == s.grad_accum - 1
+                        else model.no_sync())
+                with sync:
+                    with autocast:
+                        out = forward(inputs)
+                    recon = reconstruction_loss(out.reconstruction, target, s.loss)
+                    total = recon + q_weight * out.quantizer.loss
+                    if use_gan:
+                        with autocast:
+                            fake_logits = disc(out.reconstruction)
+                        gan = hinge_generator_loss(fake_logits.float())
+                        weight = adaptive_weight(recon, gan, head) * s.disc_weight
+                        total = total + weight * gan
+                        logs["gan"] += float(gan) / s.grad_accum
+                    (total / s.grad_accum).backward()
+                if use_gan:
+                    with autocast:
+                        d_loss = hinge_discriminator_loss(disc(target).float(),
+                                                          disc(out.reconstruction.detach()).float())
+                    (d_loss / s.grad_accum).backward()
+                    logs["disc"] += float(d_loss) / s.grad_accum
+                logs["recon"] += float(recon.detach()) / s.grad_accum
+                logs["quant"] += float(out.quantizer.loss) / s.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if use_gan:
+                disc_opt.step()
+                disc_opt.zero_grad(set_to_none=True)
+            update_ema(ema, core, s.ema_decay if step >= s.warmup else 0.0)
+            step += 1
+
+            if step % s.log_every == 0 and run.is_main:
+                now = time.time()
+                rate = (step - tick_step) / max(1e-9, now - tick)
+                tick, tick_step = now, step
+                eta = (s.steps - step) / max(rate, 1e-9)
+                record = {"kind": "train", "step": step, "lr": lr, "grad_norm": float(grad_norm),
+                          "tokens_per_s": rate * tokens_per_step, "steps_per_s": rate, **logs}
+                with open(run.out / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                run.log(f"step {step}/{s.steps} recon {logs['recon']:.4f} quant {logs['quant']:.4f}"
+                        + (f" gan {logs['gan']:.3f} disc {logs['disc']:.3f}" if use_gan else "")
+                        + f" lr {lr:.2e} {rate * tokens_per_step:,.0f} tok/s ETA {eta / 60:.0f} min")
+            out_of_time = (s.max_minutes is not None
+                           and time.time() - start_time > s.max_minutes * 60)
+            if run.distributed:
+                flag = torch.tensor([float(stop.stop or out_of_time)], device=run.device)
+                dist.all_reduce(flag)
+                stop.stop = stop.stop or bool(flag.item())
+            else:
+                stop.stop = stop.stop or out_of_time
+            if step % s.checkpoint_every == 0 or stop.stop or step == s.steps:
+                save(step)
+            if run.is_main and (step % s.val_every == 0 or step == s.steps):
+                last = validate(step)
+            run.barrier()
+    finally:
+        stop.restore()
+    if run.is_main and step >= s.steps:
+        save_pretrained(ema, run.out / "export", dtype=getattr(torch, s.export_dtype))
+        run.log(f"exported {run.out / 'export'}")
+    elif stop.stop:
+        run.log(f"stopped at step {step}; continue with --resume")
+    return last
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+        else:
+            e.copy_(m)
+
+
+@torch.no_grad()
+def evaluate(model: AudioBSQ, frontend: MelFrontend, wave_bs: torch.Tensor, lengths: torch.Tensor,
+             device: torch.device, autocast) -> dict:
+    """Mel errors and code usage of ``model`` on fixed validation windows."""
+    config = model.config
+    was_training = model.training
+    model.eval()
+    target, _ = frontend.normalize(frontend.power_mel(wave_bs.to(device)))
+    preds, indices = [], []
+    for chunk in target.split(16):
+        with autocast:
+            q = model.encode(chunk)
+            preds.append(model.decode_indices(q.indices).float())
+        indices.append(q.indices.cpu())
+    pred = torch.cat(preds)
+    frames = torch.ceil(lengths / config.hop_length).long().clamp_min(1)
+    rows = torch.ceil(frames / config.patch_time).long()
+    mse, mae = mel_errors_db(pred, target, frames, config.db_range)
+    model.train(was_training)
+    return {"mel_mse_db": mse, "mel_mae_db": mae,
+            **code_usage(torch.cat(indices), rows, config.grid_freq, config.code_bits)}

@@ -1,0 +1,40 @@
+"""Validation measures of a tokenizer: mel error in dB and codebook usage."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def mel_errors_db(pred_btf: torch.Tensor, target_btf: torch.Tensor, frames_b: torch.Tensor,
+                  db_range: float) -> tuple[float, float]:
+    """(MSE in dB^2, MAE in dB) over the frames that hold real audio."""
+    scale = db_range / 2
+    diff = (pred_btf.float() - target_btf.float()) * scale
+    mask = torch.arange(diff.shape[1], device=diff.device)[None, :] < frames_b[:, None].to(diff.device)
+    values = diff[mask]
+    return float((values ** 2).mean()), float(values.abs().mean())
+
+
+def code_usage(indices_bn: torch.Tensor, rows_b: torch.Tensor, grid_freq: int,
+               code_bits: int) -> dict[str, float | list[float]]:
+    """Bit balance per bit, distinct codes per window and perplexity over real-audio patches."""
+    per_window, used = [], []
+    for indices, rows in zip(indices_bn, rows_b.tolist()):
+        real = indices[: rows * grid_freq]
+        used.append(real)
+        per_window.append(real.unique().numel() / max(1, real.numel()))
+    flat = torch.cat(used)
+    shifts = torch.arange(code_bits - 1, -1, -1)
+    bits = ((flat[:, None] >> shifts) & 1).float()
+    _, counts = flat.unique(return_counts=True)
+    p = counts.float() / counts.sum()
+    entropy = float(-(p * p.log()).sum())
+    return {
+        "bit_balance": bits.mean(0).tolist(),
+        "bit_balance_min": float(bits.mean(0).min()),
+        "bit_balance_max": float(bits.mean(0).max()),
+        "distinct_per_window": sum(per_window) / len(per_window),
+        "perplexity": math.exp(entropy),
+    }
