@@ -272,17 +272,21 @@ def train(
     run_training(settings, resume=resume)
 
 
-@app.callback()
-def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    STATE["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from bsqaudio import __version__
 
         typer.echo(f"bsqaudio {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
 
 
 def run() -> None:

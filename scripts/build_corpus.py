@@ -23,6 +23,7 @@ Every step is resumable: finished downloads, extractions and conversions are
 kept in WORK and skipped on a re-run (partial results are written under a
 temporary name and renamed only when complete).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,8 @@ class Package:
 
 
 def _asterisk(pattern: str) -> Package:
-    return Package("speech", {"usr/share/asterisk/sounds": pattern}, exclude=("silence",))  # 1-10 s of silence
+    """Asterisk prompts; their silence/ folder is 1-10 s of digital silence."""
+    return Package("speech", {"usr/share/asterisk/sounds": pattern}, exclude=("silence",))
 
 
 PACKAGES = {
@@ -79,7 +81,10 @@ PACKAGES = {
     "planetblupi-music-ogg": Package("music", {"usr/share/planetblupi/music": "*"}),
     "supertux-data": Package(
         "music",
-        {"usr/share/games/supertux2/music": "data/music/*", "usr/share/games/supertux2/sounds": "*"},
+        {
+            "usr/share/games/supertux2/music": "data/music/*",
+            "usr/share/games/supertux2/sounds": "*",
+        },
     ),
     "nexuiz-music": Package("music", {"usr/share/games/nexuiz/data": None}),
 }
@@ -108,7 +113,7 @@ def require_tools(need_apt: bool) -> None:
     tools = ["ffmpeg", "dpkg", "dpkg-deb"] + (["apt-get"] if need_apt else [])
     for tool in tools:
         if shutil.which(tool) is None:
-            hint = "install it with: apt-get install ffmpeg" if tool == "ffmpeg" else "run this on Debian or Ubuntu"
+            hint = "apt-get install ffmpeg" if tool == "ffmpeg" else "run this on Debian or Ubuntu"
             die(f"'{tool}' not found on PATH; {hint}")
 
 
@@ -173,7 +178,7 @@ def output_names(items: list[Item]) -> list[str]:
     stems = [os.path.splitext(os.path.relpath(item.source, common))[0] for item in items]
     clashes = {stem for stem, count in Counter(stems).items() if count > 1}
     names = []
-    for item, stem in zip(items, stems):
+    for item, stem in zip(items, stems, strict=True):
         if stem in clashes:
             stem += "_" + Path(item.source).suffix.lstrip(".").lower()
         names.append(stem.replace("/", "__") + ".flac")
@@ -200,10 +205,35 @@ def convert(item: Item, dest: Path) -> str | None:
         source = "pipe:0" if item.member else str(item.file)
         fmt = ["-f", "g722"] if item.source.endswith(".g722") else []  # raw codec, no header
         partial = dest.with_name(dest.name + ".partial")
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *fmt, "-i", source,
-               "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-sample_fmt", "s16",
-               "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-               "-c:a", "flac", "-f", "flac", str(partial)]
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            *fmt,
+            "-i",
+            source,
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(SAMPLE_RATE),
+            "-sample_fmt",
+            "s16",
+            "-map_metadata",
+            "-1",
+            "-fflags",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
+            "-c:a",
+            "flac",
+            "-f",
+            "flac",
+            str(partial),
+        ]
         result = subprocess.run(cmd, input=stdin, capture_output=True)
         if result.returncode:
             partial.unlink(missing_ok=True)
@@ -266,42 +296,48 @@ def licence_of(text: str, pattern: str | None) -> tuple[str, str]:
     and the first line mentioning a copyright.
     """
     if pattern is None or not text.startswith("Format:"):
-        gnu = re.search(r"GNU (Lesser |Library )?General Public\s+License.{0,120}?version\s+(\d[\d.]*)", text, re.S)
-        name = f"{'LGPL' if gnu.group(1) else 'GPL'}-{gnu.group(2)}" if gnu else "unknown (see copyright file)"
-        if gnu and "any later version" in text:
-            name += "+"
+        gnu = re.search(
+            r"GNU (Lesser |Library )?General Public\s+License.{0,120}?version\s+(\d[\d.]*)",
+            text,
+            re.S,
+        )
+        if gnu:
+            name = f"{'LGPL' if gnu.group(1) else 'GPL'}-{gnu.group(2)}"
+            name += "+" if "any later version" in text else ""
+        else:
+            name = "unknown (see copyright file)"
         holder = re.search(r"^.*(?:©|\(c\)|Copyright).*$", text, re.M | re.I)
         return name, holder.group(0).strip() if holder else ""
     for fields in parse_dep5(text):
         if pattern in fields.get("Files", "").split():
-            holders = [h.strip().rstrip(",") for h in fields.get("Copyright", "").splitlines() if h.strip()]
-            return fields["License"].splitlines()[0], "; ".join(holders[:3]) + (" et al." if len(holders) > 3 else "")
+            holders = [h.strip().rstrip(",") for h in fields.get("Copyright", "").splitlines()]
+            holders = [h for h in holders if h]
+            more = " et al." if len(holders) > 3 else ""
+            return fields["License"].splitlines()[0], "; ".join(holders[:3]) + more
     die(f"no 'Files: {pattern}' paragraph in copyright file; update PACKAGES")
 
 
-def write_summary(out: Path, rows: list[dict], skipped: list[tuple[str, str, str]], val_fraction: float) -> None:
+def write_summary(out: Path, rows: list[dict], skipped: list[tuple[str, str, str]], val: float):
+    """SUMMARY.md: a row per package (columns = keys of `rows`), totals, skipped files."""
+    columns = list(rows[0])
+    numeric = [c for c in columns if c.startswith(("files ", "hours ")) or c == "skipped"]
+    total = {"package": "**total**", **{c: sum(row[c] for row in rows) for c in numeric}}
     lines = [
         "# bsqaudio corpus",
         "",
-        f"Built by `scripts/build_corpus.py` (16 kHz mono 16-bit FLAC, val fraction {val_fraction}, split by file).",
-        "Copyright files are copied to `copyright/`.",
+        f"Built by `scripts/build_corpus.py`: 16 kHz mono 16-bit FLAC, split by file "
+        f"(val fraction {val}). Copyright files are copied to `copyright/`.",
         "",
-        "| package | version | kind | files train | files val | hours train | hours val | skipped | licence | copyright holders | copyright file |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "".join("---:|" if c in numeric else "---|" for c in columns),
     ]
-    for r in rows:
+    for row in [*rows, total]:
+        cells = [row.get(c, "") for c in columns]
         lines.append(
-            f"| {r['package']} | {r['version']} | {r['kind']} | {r['files']['train']} | {r['files']['val']} "
-            f"| {r['hours']['train']:.3f} | {r['hours']['val']:.3f} | {r['skipped']} | {r['licence']} "
-            f"| {r['holders']} | {r['copyright']} |"
+            "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells) + " |"
         )
-    total = {key: {s: sum(r[key][s] for r in rows) for s in ("train", "val")} for key in ("files", "hours")}
-    lines.append(
-        f"| **total** | | | {total['files']['train']} | {total['files']['val']} | {total['hours']['train']:.3f} "
-        f"| {total['hours']['val']:.3f} | {len(skipped)} | | | |"
-    )
     lines += ["", "## Skipped files", ""]
-    lines += [f"- {package}: `{source}`: {reason}" for package, source, reason in skipped] or ["None."]
+    lines += [f"- {pkg}: `{source}`: {reason}" for pkg, source, reason in skipped] or ["None."]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
 
 
@@ -309,14 +345,29 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="packages: " + ", ".join(PACKAGES) + "\n\nexample:\n  python scripts/build_corpus.py "
+        epilog="packages: "
+        + ", ".join(PACKAGES)
+        + "\n\nexample:\n  python scripts/build_corpus.py "
         "--work /work/data/debs --out /work/data/corpus",
     )
-    parser.add_argument("--work", type=Path, required=True, help="cache for .debs, unpacked trees and staged FLACs")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="cache for .debs, unpacked trees and staged FLACs"
+    )
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to write")
-    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of files for validation (default 0.05)")
-    parser.add_argument("--packages", nargs="+", choices=PACKAGES, default=list(PACKAGES), metavar="PKG",
-                        help="only these packages (the manifest then lists only them)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="share of files for validation (default 0.05)",
+    )
+    parser.add_argument(
+        "--packages",
+        nargs="+",
+        choices=PACKAGES,
+        default=list(PACKAGES),
+        metavar="PKG",
+        help="only these packages (the manifest then lists only them)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="parallel ffmpeg processes (default 2)")
     return parser.parse_args()
 
@@ -333,14 +384,16 @@ def main() -> None:
         deb, tree = fetch(package, work)
         items = find_audio(package, tree)
         if not items:
-            die(f"no audio found in {package} under {', '.join(PACKAGES[package].roots)}; update PACKAGES")
+            die(
+                f"no audio in {package} under {', '.join(PACKAGES[package].roots)}; update PACKAGES"
+            )
         names = output_names(items)
         stage = work / "flac" / package
         stage.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(args.jobs) as pool:
-            errors = list(pool.map(lambda pair: convert(pair[0], stage / pair[1]), zip(items, names)))
+            errors = list(pool.map(convert, items, [stage / name for name in names]))
         kept = []
-        for item, name, error in zip(items, names, errors):
+        for item, name, error in zip(items, names, errors, strict=True):
             if error:
                 print(f"{package}: skip {item.source}: {error}", file=sys.stderr)
                 skipped.append((package, item.source, error))
@@ -352,31 +405,46 @@ def main() -> None:
         text = (tree / copyright_file).read_text(errors="replace")
         (out / "copyright").mkdir(exist_ok=True)
         (out / "copyright" / package).write_text(text)
-        licences = {root: licence_of(text, pattern) for root, pattern in PACKAGES[package].roots.items()}
+        licences = {
+            root: licence_of(text, pattern) for root, pattern in PACKAGES[package].roots.items()
+        }
         placed = {place(item, out, name): item for item, name in kept}
-        for stale in {*(out / "train" / package).glob("*.flac"), *(out / "val" / package).glob("*.flac")} - placed.keys():
+        present = {
+            *(out / "train" / package).glob("*.flac"),
+            *(out / "val" / package).glob("*.flac"),
+        }
+        for stale in present - placed.keys():
             stale.unlink()  # left by an earlier run with another split or file list
         for path, item in placed.items():
-            manifest.append({
-                "path": path.relative_to(out).as_posix(),
-                "split": item.split,
-                "duration_s": round(item.duration, 4),
+            manifest.append(
+                {
+                    "path": path.relative_to(out).as_posix(),
+                    "split": item.split,
+                    "duration_s": round(item.duration, 4),
+                    "package": package,
+                    "kind": PACKAGES[package].kind,
+                    "source": item.source,
+                    "licence": licences[item.root][0],
+                }
+            )
+        hours = {
+            s: sum(i.duration for i, _ in kept if i.split == s) / 3600 for s in ("train", "val")
+        }
+        rows.append(
+            {
                 "package": package,
+                "version": run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip(),
                 "kind": PACKAGES[package].kind,
-                "source": item.source,
-                "licence": licences[item.root][0],
-            })
-        rows.append({
-            "package": package,
-            "version": run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip(),
-            "kind": PACKAGES[package].kind,
-            "files": {s: sum(item.split == s for item, _ in kept) for s in ("train", "val")},
-            "hours": {s: sum(item.duration for item, _ in kept if item.split == s) / 3600 for s in ("train", "val")},
-            "skipped": len(items) - len(kept),
-            "licence": " / ".join(sorted({name for name, _ in licences.values()})),
-            "holders": " / ".join(dict.fromkeys(holders for _, holders in licences.values())),
-            "copyright": f"{copyright_file} (copy: copyright/{package})",
-        })
+                "files train": sum(item.split == "train" for item, _ in kept),
+                "files val": sum(item.split == "val" for item, _ in kept),
+                "hours train": hours["train"],
+                "hours val": hours["val"],
+                "skipped": len(items) - len(kept),
+                "licence": " / ".join(sorted({name for name, _ in licences.values()})),
+                "copyright holders": " / ".join(dict.fromkeys(h for _, h in licences.values())),
+                "copyright file": f"{copyright_file} (copy: copyright/{package})",
+            }
+        )
         print(f"{package}: {len(kept)} files kept, {len(items) - len(kept)} skipped", flush=True)
 
     with open(out / "manifest.jsonl", "w") as f:
