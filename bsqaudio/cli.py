@@ -272,6 +272,23 @@ def train(
     run_training(settings, resume=resume)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A `bsqaudio train` run folder.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default RUN/export).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+) -> None:
+    """Export the EMA weights of a run's latest checkpoint as model.safetensors + config.json."""
+    import torch
+
+    from bsqaudio.train.checkpoint import export_checkpoint
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        fail("--dtype must be float32, float16 or bfloat16")
+    folder = export_checkpoint(run_dir, output or run_dir / "export", getattr(torch, dtype))
+    typer.echo(str(folder))
+
+
 def _print_version(value: bool) -> None:
     if value:
         from bsqaudio import __version__

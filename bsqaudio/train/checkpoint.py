@@ -50,3 +50,17 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def export_checkpoint(run_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the EMA weights of ``run_dir``'s latest checkpoint as a loadable model folder."""
+    from bsqaudio.hub import save_pretrained
+    from bsqaudio.model import AudioBSQ, ModelConfig
+
+    folder = run_dir / "checkpoint"
+    if not (folder / "meta.json").exists():
+        raise BsqAudioError(f"{run_dir}: no checkpoint to export")
+    meta = json.loads((folder / "meta.json").read_text())
+    model = AudioBSQ(ModelConfig.from_dict(meta["config"]))
+    model.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    return save_pretrained(model, out, dtype=dtype)

@@ -135,12 +135,17 @@ class AudioCache:
         gains = low + (high - low) * torch.rand(count, 1, generator=generator)
         return out * 10 ** (gains / 20)
 
-    def first_crops(self, length: int, limit: int) -> torch.Tensor:
-        """Deterministic validation crops: the start of each file (padded), at most ``limit``."""
-        count = min(limit, len(self.names))
-        out = torch.zeros(count, length)
-        for i in range(count):
+    def first_crops(self, length: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic validation crops: the start of at most ``limit`` files spread evenly over
+        the (sorted) list, so every source is represented -> ((count, length), (count,) lengths
+        of real audio)."""
+        picks = np.unique(np.linspace(0, len(self.names) - 1, min(limit, len(self.names)))
+                          .round().astype(np.int64))
+        out = torch.zeros(len(picks), length)
+        real = torch.zeros(len(picks), dtype=torch.int64)
+        for row, i in enumerate(picks):
             take = min(length, int(self.lengths[i]))
             lo = int(self.offsets[i])
-            out[i, :take] = torch.from_numpy(self.audio[lo: lo + take].astype(np.float32) / 32768)
-        return out
+            out[row, :take] = torch.from_numpy(self.audio[lo: lo + take].astype(np.float32) / 32768)
+            real[row] = take
+        return out, real

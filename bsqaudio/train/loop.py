@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -104,6 +103,8 @@ class Run:
             self.rank, self.world, local = 0, 1, 0
         if use_cuda:
             torch.cuda.set_device(local)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
@@ -233,8 +234,9 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         run.log(f"resumed from step {step}")
 
     segment = config.window_samples - config.hop_length + config.n_fft
-    val_wave = val_cache.first_crops(segment, s.val_windows)
-    val_len = torch.as_tensor(np.minimum(val_cache.lengths[: val_wave.shape[0]], config.window_samples))
+    val_wave, val_len = val_cache.first_crops(segment, s.val_windows)
+    # Crops start half an FFT before the window: real audio in the window is shorter by that.
+    val_len = (val_len - config.n_fft // 2).clamp(1, config.window_samples)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
                 else contextlib.nullcontext())
     head = core.refiner.net[-1].weight if core.refiner is not None else core.head.weight
@@ -314,7 +316,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                     (d_loss / s.grad_accum).backward()
                     logs["disc"] += float(d_loss) / s.grad_accum
                 logs["recon"] += float(recon.detach()) / s.grad_accum
-                logs["quant"] += float(out.quantizer.loss) / s.grad_accum
+                logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,351 @@
+"""The .bsq format: exact round trips, exact sizes, and a clear error for every malformed file."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bsqaudio import BsqAudioError, Codes, load_bsq, read_bsq, write_bsq
+from bsqaudio.bitstream import FORMAT_VERSION, MAX_HEADER_BYTES, file_size
+
+WINDOW_SAMPLES = 1024 * 160
+
+
+def make_header(num_samples: int, code_bits: int = 18, **overrides) -> dict:
+    frames = max(1, math.ceil(num_samples / 160))
+    rows = math.ceil(frames / 16)
+    header = {
+        "model": "bsqaudio-test",
+        "model_hash": "0123456789abcdef",
+        "sample_rate": 16000,
+        "n_fft": 1024,
+        "hop_length": 160,
+        "win_length": 400,
+        "n_mels": 128,
+        "window_frames": 1024,
+        "patch_time": 16,
+        "patch_freq": 16,
+        "code_bits": code_bits,
+        "num_windows": math.ceil(rows / 64),
+        "num_rows": rows,
+        "num_samples": num_samples,
+        "source_sample_rate": 44100,
+        "source_channels": 2,
+    }
+    header.update(overrides)
+    return header
+
+
+def make_codes(num_samples: int, code_bits: int = 18, seed: int = 0) -> Codes:
+    header = make_header(num_samples, code_bits)
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, 2 ** code_bits, size=(header["num_rows"], 8), dtype=np.uint64)
+    gains = rng.uniform(-40, 60, size=header["num_windows"]).astype(np.float16)
+    return Codes(indices=torch.from_numpy(indices.astype(np.int64)),
+                 gains_db=torch.from_numpy(gains.astype(np.float32)), header=header)
+
+
+def assert_codes_equal(a: Codes, b: Codes) -> None:
+    assert a.header == b.header
+    assert a.indices.dtype == b.indices.dtype == torch.int64
+    assert torch.equal(a.indices, b.indices)
+    assert torch.equal(a.gains_db.float(), b.gains_db.float())
+
+
+# -- round trip ---------------------------------------------------------------------------------
+
+@st.composite
+def random_codes(draw) -> Codes:
+    code_bits = draw(st.integers(1, 63))
+    num_samples = draw(st.integers(1, 3 * WINDOW_SAMPLES))
+    header = make_header(num_samples, code_bits)
+    count = header["num_rows"] * 8
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    top = 2 ** code_bits - 1
+    indices = rng.integers(0, top, size=count, dtype=np.uint64, endpoint=True).astype(np.int64)
+    # Make sure the extremes (0 and 2**L - 1) and a few hand-picked values are exercised too.
+    specials = draw(st.lists(st.sampled_from([0, top, top >> 1, 1 & top]), max_size=4))
+    indices[: len(specials)] = specials[:count]
+    gains = draw(st.lists(
+        st.floats(width=16, allow_nan=False, allow_infinity=False),
+        min_size=header["num_windows"], max_size=header["num_windows"]))
+    return Codes(indices=torch.from_numpy(indices.reshape(-1, 8)),
+                 gains_db=torch.tensor(gains, dtype=torch.float32), header=header)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(codes=random_codes())
+def test_write_read_round_trip(codes):
+    data = write_bsq(codes)
+    assert len(data) == file_size(codes.header)
+    back = read_bsq(data)
+    assert_codes_equal(back, codes)
+    # Writing what was read gives the same bytes.
+    assert write_bsq(back) == data
+
+
+@pytest.mark.parametrize("code_bits", [1, 18, 63])
+def test_extreme_indices_round_trip(code_bits):
+    codes = make_codes(WINDOW_SAMPLES + 1, code_bits)
+    codes.indices[0, 0] = 2 ** code_bits - 1
+    codes.indices[-1, -1] = 2 ** code_bits - 1
+    codes.indices[0, 1] = 0
+    assert_codes_equal(read_bsq(write_bsq(codes)), codes)
+
+
+def test_load_bsq_from_path_and_stream(tmp_path):
+    codes = make_codes(20000)
+    path = tmp_path / "x.bsq"
+    path.write_bytes(write_bsq(codes))
+    assert_codes_equal(load_bsq(path), codes)
+    assert_codes_equal(load_bsq(str(path)), codes)
+    with open(path, "rb") as handle:
+        assert_codes_equal(load_bsq(handle), codes)
+
+
+def test_load_bsq_errors_name_the_file(tmp_path):
+    with pytest.raises(BsqAudioError, match="no such file"):
+        load_bsq(tmp_path / "missing.bsq")
+    with pytest.raises(BsqAudioError, match="directory"):
+        load_bsq(tmp_path)
+    bad = tmp_path / "bad.bsq"
+    bad.write_bytes(b"RIFF" + bytes(100))
+    with pytest.raises(BsqAudioError, match=r"bad\.bsq: not a \.bsq file"):
+        load_bsq(bad)
+
+
+# -- sizes --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds", [0.1, 10.24, 15.0, 300.0])
+@pytest.mark.parametrize("code_bits", [18, 36, 63])
+def test_file_size_is_exact(seconds, code_bits):
+    num_samples = int(round(seconds * 16000))
+    codes = make_codes(num_samples, code_bits)
+    header = codes.header
+    rows = math.ceil(math.ceil(num_samples / 160) / 16)
+    windows = math.ceil(rows / 64)
+    assert (header["num_rows"], header["num_windows"]) == (rows, windows)
+    header_json = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    expected = 4 + 1 + 4 + len(header_json) + 2 * windows + rows * 8 * code_bits // 8 + 4
+    data = write_bsq(codes)
+    assert len(data) == expected == file_size(header)
+
+
+@pytest.mark.parametrize("seconds,rows,windows", [(0.1, 1, 1), (10.24, 64, 1), (15.0, 94, 2),
+                                                  (300.0, 1875, 30)])
+def test_rows_and_windows(seconds, rows, windows):
+    header = make_header(int(round(seconds * 16000)))
+    assert (header["num_rows"], header["num_windows"]) == (rows, windows)
+
+
+def test_bitrate_is_50_tokens_per_second_times_bits():
+    assert make_codes(16000, 18).bitrate == 900.0
+    assert make_codes(16000, 36).bitrate == 1800.0
+    # Bytes of codes grow with rows, not whole windows: a 15 s clip costs 15 s of codes.
+    short = len(write_bsq(make_codes(15 * 16000, 36)))
+    assert short < len(write_bsq(make_codes(2 * WINDOW_SAMPLES, 36)))
+
+
+# -- malformed files ----------------------------------------------------------------------------
+
+def build(header, payload: bytes | None = None, *, magic=b"BSQA", version=FORMAT_VERSION,
+          header_len: int | None = None, raw_header: bytes | None = None, fix_crc=True,
+          extra: bytes = b"") -> bytes:
+    """Hand-craft a .bsq file: preamble, header JSON, payload, then a (correct) CRC32."""
+    head = raw_header if raw_header is not None else json.dumps(header).encode()
+    if payload is None:
+        h = header
+        rows = h["num_rows"]
+        payload = b""
+        for w in range(h["num_windows"]):
+            n = min(64, rows - 64 * w)
+            payload += struct.pack("<e", 10.0) + bytes(math.ceil(n * 8 * h["code_bits"] / 8))
+    body = struct.pack("<4sBI", magic, version, len(head) if header_len is None else header_len)
+    body += head + payload + extra
+    crc = zlib.crc32(body) if fix_crc else 0
+    return body + struct.pack("<I", crc)
+
+
+def test_hand_built_file_is_valid():
+    """The crafting helper itself makes files the reader accepts (so the cases below test one
+    defect each)."""
+    codes = read_bsq(build(make_header(50000)))
+    assert codes.indices.shape == (20, 8)
+    assert codes.gains_db.tolist() == [10.0]
+
+
+def expect_error(data: bytes, pattern: str) -> None:
+    with pytest.raises(BsqAudioError, match=pattern):
+        read_bsq(data)
+
+
+def test_bad_magic():
+    expect_error(build(make_header(16000), magic=b"RIFF"), "not a .bsq file: bad magic")
+
+
+@pytest.mark.parametrize("length", [0, 1, 8, 12])
+def test_too_short(length):
+    expect_error(write_bsq(make_codes(16000))[:length], "too short")
+
+
+def test_newer_version():
+    expect_error(build(make_header(16000), version=FORMAT_VERSION + 1),
+                 f"version {FORMAT_VERSION + 1} is newer.*upgrade")
+
+
+def test_version_zero():
+    expect_error(build(make_header(16000), version=0), "unknown format version 0")
+
+
+@pytest.mark.parametrize("position", [0.3, 0.6, 0.99])
+def test_crc_mismatch(position):
+    data = bytearray(write_bsq(make_codes(40000)))
+    index = int(position * (len(data) - 4))
+    index = max(index, 9)  # past magic and version, which have their own checks
+    data[index] ^= 0x40
+    expect_error(bytes(data), "checksum mismatch")
+
+
+def test_truncated_file_fails_checksum():
+    expect_error(write_bsq(make_codes(40000))[:-7], "checksum")
+
+
+def test_header_length_too_large():
+    header = make_header(16000)
+    expect_error(build(header, header_len=10_000_000), "header length")
+    expect_error(build(header, header_len=MAX_HEADER_BYTES + 1), "header length")
+
+
+def test_header_not_json():
+    expect_error(build(None, payload=b"", raw_header=b"{not json"), "not valid JSON")
+    expect_error(build(None, payload=b"", raw_header=b"\xff\xfe\x00"), "not valid JSON")
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2, 3]", b"42", b'"header"', b"null"])
+def test_header_not_an_object(raw):
+    expect_error(build(None, payload=b"", raw_header=raw), "not a JSON object")
+
+
+@pytest.mark.parametrize("field", ["model_hash", "num_samples", "code_bits", "source_channels"])
+def test_missing_field(field):
+    header = make_header(16000)
+    payload = build(header)[9 + len(json.dumps(header)):-4]
+    del header[field]
+    expect_error(build(header, payload), f"lacks {field}")
+
+
+def test_unknown_field():
+    header = make_header(16000)
+    header["comment"] = "hello"
+    expect_error(build(header), "unknown header fields comment")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("sample_rate", True), ("code_bits", "18"), ("num_samples", 16000.0),
+    ("num_rows", None), ("model", 3), ("model_hash", ["x"]), ("source_channels", False),
+])
+def test_wrong_type(field, value):
+    header = make_header(16000)
+    payload = build(header)[9 + len(json.dumps(header)):-4]
+    header[field] = value
+    expect_error(build(header, payload), f"'{field}' must be")
+
+
+@pytest.mark.parametrize("field", ["sample_rate", "hop_length", "n_mels", "patch_time",
+                                   "window_frames", "source_sample_rate", "source_channels",
+                                   "num_rows", "num_windows"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_non_positive_fields(field, value):
+    header = make_header(16000)
+    header[field] = value
+    expect_error(build(header, payload=b""), f"'{field}' must be positive")
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_non_positive_num_samples(value):
+    header = {**make_header(16000), "num_samples": value}
+    expect_error(build(header, payload=b""), "num_samples must be positive")
+
+
+@pytest.mark.parametrize("bits", [0, 64, 100])
+def test_code_bits_out_of_range(bits):
+    header = make_header(16000, code_bits=bits)
+    expect_error(build(header, payload=b""), "code_bits")
+
+
+def test_patch_not_dividing_window():
+    expect_error(build(make_header(16000, patch_time=24), payload=b""), "patch size")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_rows": 8}, {"num_rows": 11}, {"num_windows": 2},
+    {"num_samples": 16000 * 11},  # rows/windows now too few for the length
+])
+def test_rows_windows_inconsistent_with_samples(overrides):
+    header = make_header(16000)
+    payload = build(header)[9 + len(json.dumps(header)):-4]
+    header.update(overrides)
+    expect_error(build(header, payload), "num_rows/num_windows do not match num_samples")
+
+
+@pytest.mark.parametrize("extra", [1, 100])
+def test_size_mismatch_extra_bytes(extra):
+    data = write_bsq(make_codes(40000))
+    body = data[:-4] + bytes(extra)
+    expect_error(body + struct.pack("<I", zlib.crc32(body)), "size is .* the header implies")
+
+
+def test_size_mismatch_missing_bytes():
+    data = write_bsq(make_codes(40000))
+    body = data[:-5]
+    expect_error(body + struct.pack("<I", zlib.crc32(body)), "size is .* the header implies")
+
+
+def test_huge_claimed_length_is_rejected_without_allocating():
+    """A header claiming hours of audio in a tiny file fails on the size check, quickly."""
+    samples = 10 ** 12
+    frames = math.ceil(samples / 160)
+    rows = math.ceil(frames / 16)
+    header = {**make_header(16000), "num_samples": samples, "num_rows": rows,
+              "num_windows": math.ceil(rows / 64)}
+    expect_error(build(header, payload=bytes(100)), "size is")
+
+
+@pytest.mark.parametrize("gain", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_gain(gain):
+    header = make_header(WINDOW_SAMPLES + 5000)
+    data = bytearray(write_bsq(make_codes(WINDOW_SAMPLES + 5000)))
+    # The second window's gain sits after the header and the first window's 64 * 18 bytes.
+    offset = 9 + len(json.dumps(header, sort_keys=True, separators=(",", ":"))) + 2 + 64 * 18
+    data[offset:offset + 2] = struct.pack("<e", gain)
+    body = bytes(data[:-4])
+    expect_error(body + struct.pack("<I", zlib.crc32(body)), "gain is not finite")
+
+
+def test_write_rejects_codes_that_do_not_match_header():
+    codes = make_codes(16000)
+    codes.indices = codes.indices[:-1]
+    with pytest.raises(ValueError):
+        write_bsq(codes)
+    codes = make_codes(16000)
+    codes.header["num_rows"] = 99
+    with pytest.raises(BsqAudioError):
+        write_bsq(codes)
+
+
+def test_window_indices_pads_past_the_end():
+    codes = make_codes(WINDOW_SAMPLES + 1600)  # 64 + 1 rows, 2 windows
+    windows = codes.window_indices(pad_value=-1)
+    assert windows.shape == (2, 512)
+    assert torch.equal(windows[0], codes.indices[:64].reshape(-1))
+    assert torch.equal(windows[1, :8], codes.indices[64])
+    assert (windows[1, 8:] == -1).all()

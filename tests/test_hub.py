@@ -1,0 +1,244 @@
+"""Weights on disk and from the (offline) Hugging Face cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import bsqaudio
+from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
+from bsqaudio.hub import CONFIG_NAME, WEIGHTS_NAME
+from conftest import HAS_EMBEDDED_MODEL
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """The saved tiny model's output on a fixed input."""
+    torch.manual_seed(0)
+    mel = torch.rand(1, 1024, 128) * 2 - 1
+    model = bsqaudio.from_pretrained(tiny_model_dir).model
+    with torch.no_grad():
+        out = model(mel)
+    return mel, out.quantizer.indices, out.reconstruction
+
+
+def assert_same_model(loaded, reference):
+    mel, indices, reconstruction = reference
+    assert not loaded.model.training
+    with torch.no_grad():
+        out = loaded.model(mel)
+    assert torch.equal(out.quantizer.indices, indices)
+    assert torch.equal(out.reconstruction, reconstruction)
+
+
+def test_save_writes_weights_and_config(tiny_model_dir):
+    assert (tiny_model_dir / WEIGHTS_NAME).is_file()
+    config = ModelConfig.from_json((tiny_model_dir / CONFIG_NAME).read_text())
+    assert config == preset("tiny")
+    assert not list(tiny_model_dir.glob("*.part"))
+
+
+def test_folder_round_trip(tmp_path, reference):
+    torch.manual_seed(0)
+    model = AudioBSQ(preset("tiny")).eval()
+    bsqaudio.save_pretrained(model, tmp_path / "m")
+    loaded = bsqaudio.from_pretrained(tmp_path / "m")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    assert_same_model(loaded, reference)
+    assert len(loaded.model_hash) == 16 and int(loaded.model_hash, 16) >= 0
+    # The same weights give the same hash; other weights another.
+    assert bsqaudio.from_pretrained(str(tmp_path / "m")).model_hash == loaded.model_hash
+
+
+def test_hash_differs_between_models(tiny_model_dir, other_model_dir):
+    a = bsqaudio.from_pretrained(tiny_model_dir).model_hash
+    b = bsqaudio.from_pretrained(other_model_dir).model_hash
+    assert a != b
+
+
+def test_single_file_with_config_in_metadata(tmp_path, tiny_model_dir, reference):
+    alone = tmp_path / "my-model.safetensors"
+    shutil.copy(tiny_model_dir / WEIGHTS_NAME, alone)
+    assert not (tmp_path / CONFIG_NAME).exists()
+    loaded = bsqaudio.from_pretrained(alone)
+    assert loaded.model.config == preset("tiny")
+    assert_same_model(loaded, reference)
+
+
+def test_float16_export_loads(tmp_path, reference):
+    torch.manual_seed(0)
+    bsqaudio.save_pretrained(AudioBSQ(preset("tiny")), tmp_path, dtype=torch.float16)
+    state = load_file(str(tmp_path / WEIGHTS_NAME))
+    assert state["patch_embed.weight"].dtype == torch.float16
+    loaded = bsqaudio.from_pretrained(tmp_path)
+    assert loaded.model.patch_embed.weight.dtype == torch.float32
+    mel, _, reconstruction = reference
+    with torch.no_grad():
+        out = loaded.model(mel).reconstruction
+    torch.testing.assert_close(out, reconstruction, atol=0.02, rtol=0)
+
+
+def _save_state(folder, state, config: ModelConfig, metadata: bool = False):
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_NAME),
+              metadata={"config": config.to_json()} if metadata else None)
+    (folder / CONFIG_NAME).write_text(config.to_json())
+    return folder
+
+
+def test_missing_weight_is_refused(tmp_path, tiny_model_dir):
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    del state["head.weight"]
+    _save_state(tmp_path, state, preset("tiny"))
+    with pytest.raises(BsqAudioError, match="do not match the config.*head.weight"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+def test_unexpected_weight_is_refused(tmp_path, tiny_model_dir):
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    state["extra.weight"] = torch.zeros(3)
+    _save_state(tmp_path, state, preset("tiny"))
+    with pytest.raises(BsqAudioError, match="do not match the config.*extra.weight"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: hub.load_weights calls model.load_state_dict(strict=False), which still raises "
+    "RuntimeError('size mismatch ...') for a wrongly shaped tensor; the later shape check is dead "
+    "code, so weights of another shape (e.g. code_bits 36 weights with a code_bits 18 config) "
+    "escape as a RuntimeError traceback instead of BsqAudioError."))
+def test_wrongly_shaped_weights_are_refused(tmp_path):
+    torch.manual_seed(0)
+    tiny = preset("tiny")
+    wider = ModelConfig.from_dict({**tiny.to_dict(), "code_bits": 36})
+    _save_state(tmp_path, AudioBSQ(wider).state_dict(), tiny)
+    with pytest.raises(BsqAudioError, match="do not match the config"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+def test_config_beside_must_match_metadata(tmp_path, tiny_model_dir):
+    shutil.copy(tiny_model_dir / WEIGHTS_NAME, tmp_path / WEIGHTS_NAME)
+    other = ModelConfig.from_dict({**preset("tiny").to_dict(), "name": "renamed"})
+    (tmp_path / CONFIG_NAME).write_text(other.to_json())
+    with pytest.raises(BsqAudioError, match="does not match"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+def test_no_config_anywhere(tmp_path, tiny_model_dir):
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    save_file(state, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(BsqAudioError, match="no config"):
+        bsqaudio.from_pretrained(tmp_path / "bare.safetensors")
+
+
+def test_bad_config_json_beside(tmp_path, tiny_model_dir):
+    shutil.copy(tiny_model_dir / WEIGHTS_NAME, tmp_path / WEIGHTS_NAME)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"width": 32, "depth": 9}))
+    with pytest.raises(BsqAudioError, match="unknown model config fields: depth"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am not weights\n", bytes(range(256)) * 3,
+                                     (10 ** 6).to_bytes(8, "little") + b"{}"])
+def test_not_safetensors(tmp_path, content):
+    path = tmp_path / WEIGHTS_NAME
+    path.write_bytes(content)
+    with pytest.raises(BsqAudioError, match="not a valid safetensors file"):
+        bsqaudio.from_pretrained(tmp_path)
+    with pytest.raises(BsqAudioError, match="not a valid safetensors file"):
+        bsqaudio.from_pretrained(path)
+
+
+def test_folder_without_weights(tmp_path):
+    with pytest.raises(BsqAudioError, match="no model.safetensors"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["no-such-folder", "a/b/c", "/nonexistent/model.safetensors"])
+def test_neither_path_nor_repo_id(name):
+    with pytest.raises(BsqAudioError, match="not a Hub repo id"):
+        bsqaudio.from_pretrained(name)
+
+
+@pytest.mark.skipif(HAS_EMBEDDED_MODEL, reason="an embedded default model is installed")
+def test_no_embedded_model_mentions_model_option():
+    with pytest.raises(BsqAudioError, match="--model"):
+        bsqaudio.from_pretrained(None)
+    with pytest.raises(BsqAudioError, match="--model"):
+        bsqaudio.from_pretrained()
+
+
+# -- the Hugging Face Hub cache, offline --------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch):
+    """HF_HUB_OFFLINE=1, also where huggingface_hub already read it at import time."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny_model_dir):
+    """A cache laid out as huggingface_hub lays it out:
+    models--owner--name/{blobs/<sha>, refs/main, snapshots/<commit>/<file> -> ../../blobs/<sha>}."""
+    import hashlib
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--owner--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        data = (tiny_model_dir / name).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(f"../../blobs/{blob.name}")
+    (repo / "refs" / "main").write_text(COMMIT)
+    return cache
+
+
+def test_hub_repo_from_offline_cache(offline, hub_cache, tiny_model_dir, reference):
+    loaded = bsqaudio.from_pretrained("owner/name", cache_dir=hub_cache)
+    assert loaded.source == "owner/name@main"
+    assert loaded.model_hash == bsqaudio.from_pretrained(tiny_model_dir).model_hash
+    assert_same_model(loaded, reference)
+
+
+def test_hub_repo_pinned_revision(offline, hub_cache, reference):
+    (hub_cache / "models--owner--name" / "refs" / "main").unlink()  # only the pin can find it
+    loaded = bsqaudio.from_pretrained("owner/name", revision=COMMIT, cache_dir=hub_cache)
+    assert loaded.source == f"owner/name@{COMMIT}"
+    assert_same_model(loaded, reference)
+
+
+def test_hub_repo_with_plain_files_in_snapshot(offline, tmp_path, tiny_model_dir, reference):
+    """Blobs are optional: real files in the snapshot folder work too."""
+    snapshot = tmp_path / "models--owner--plain" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copy(tiny_model_dir / name, snapshot / name)
+    (tmp_path / "models--owner--plain" / "refs").mkdir()
+    (tmp_path / "models--owner--plain" / "refs" / "main").write_text(COMMIT)
+    assert_same_model(bsqaudio.from_pretrained("owner/plain", cache_dir=tmp_path), reference)
+
+
+def test_hub_missing_repo_offline(offline, hub_cache):
+    with pytest.raises(BsqAudioError, match="offline") as info:
+        bsqaudio.from_pretrained("owner/missing", cache_dir=hub_cache)
+    assert "cache" in str(info.value)
+
+
+def test_hub_missing_revision_offline(offline, hub_cache):
+    with pytest.raises(BsqAudioError, match="cache"):
+        bsqaudio.from_pretrained("owner/name", revision="f" * 40, cache_dir=hub_cache)
