@@ -26,10 +26,11 @@ import torchaudio.functional as AF
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.model.config import ModelConfig
 
-# Gains below this (a mel power of 1e-4, about -86 dB below a full-scale sine) are treated as
-# silence: the window is referenced to this floor instead of its own peak, so a silent window
-# codes as -80 dB everywhere rather than as noise amplified to full scale.
-GAIN_FLOOR_DB = -40.0
+# Gains below this (a mel power of 0.01, about 66 dB below a full-scale sine) are treated as
+# near-silence: the window is referenced to this floor instead of its own peak, so a silent window
+# codes as -80 dB everywhere (POWER_EPS is 80 dB below the floor) rather than as noise amplified
+# to full scale.
+GAIN_FLOOR_DB = -20.0
 POWER_EPS = 1e-10
 
 

@@ -185,6 +185,8 @@ def write_bsq(codes: Codes) -> bytes:
     gains = codes.gains_db.cpu().numpy().astype("<f2")
     if gains.shape != (header["num_windows"],):
         raise ValueError(f"gains shape {gains.shape} does not match the header")
+    if not np.isfinite(gains).all():
+        raise BsqAudioError("cannot write a .bsq file: a window gain is not finite")
     head = _encode_header(header)
     parts = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head)), head]
     for w in range(header["num_windows"]):

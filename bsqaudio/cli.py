@@ -161,8 +161,8 @@ def roundtrip(
     codes.header["source_sample_rate"] = source_rate
     sample_rate = output_rate(codes, rate)
     with progress_bar(not quiet, "decoding") as progress:
-        wave = codec.decode(codes, sample_rate, progress=progress)
-    write_audio(output, wave, sample_rate)
+        decoded = codec.decode(codes, sample_rate, progress=progress)
+    write_audio(output, decoded, sample_rate)
     if plot is not None:
         from bsqaudio.plots import plot_roundtrip
 

@@ -49,8 +49,11 @@ class Codec:
 
     @classmethod
     def from_pretrained(cls, name: str | Path | None = None, device: str = "auto",
-                        revision: str | None = None, **kwargs) -> Codec:
-        return cls(from_pretrained(name, revision=revision), device=device, **kwargs)
+                        revision: str | None = None, cache_dir: str | Path | None = None,
+                        **kwargs) -> Codec:
+        """Load weights (see ``bsqaudio.hub.from_pretrained``); ``kwargs`` go to ``Codec``."""
+        return cls(from_pretrained(name, revision=revision, cache_dir=cache_dir), device=device,
+                   **kwargs)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":

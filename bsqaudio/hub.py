@@ -67,15 +67,14 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
     if config is None:
         raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
     model = AudioBSQ(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        detail = (missing or unexpected)[0]
-        raise BsqAudioError(f"{weights}: weights do not match the config (first mismatch: {detail})")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if shapes[k] != v.shape]
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    names = sorted(set(expected) ^ set(state))
+    if names:
+        raise BsqAudioError(f"{weights}: weights do not match the config (first mismatch: {names[0]})")
+    bad = [k for k, v in state.items() if expected[k] != v.shape]
     if bad:
         raise BsqAudioError(f"{weights}: weights do not match the config (shape of {bad[0]})")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.eval()
     digest = hashlib.sha256(payload).hexdigest()[:16]
     return Pretrained(model=model, model_hash=digest, source=str(weights))
@@ -114,8 +113,9 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
         weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
     except LocalEntryNotFoundError:
         raise BsqAudioError(
-            f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
-            "(offline?); download it once with network access or pass a local folder"
+            f"{repo_id}: no such local file or folder, and not in the local Hugging Face cache "
+            "while the Hub cannot be reached (offline?); check the path, or download the model "
+            "once with network access"
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise BsqAudioError(f"{repo_id}: cannot fetch from the Hugging Face Hub ({err})") from None

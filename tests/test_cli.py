@@ -12,12 +12,12 @@ import sys
 import pytest
 import soundfile as sf
 import torch
-
-from bsqaudio import read_bsq
 from conftest import HAS_EMBEDDED_MODEL, write_wav
 
+from bsqaudio import read_bsq
+
 BSQAUDIO = shutil.which("bsqaudio")
-pytestmark = pytest.mark.skipif(BSQAUDIO is None, reason="the bsqaudio entry point is not installed")
+pytestmark = pytest.mark.skipif(BSQAUDIO is None, reason="bsqaudio entry point not installed")
 
 
 def run_cli(*args, stdin: bytes | None = None, module: bool = False, cwd=None):
@@ -82,6 +82,13 @@ def test_encode_writes_a_valid_bsq(workdir, tiny_model_dir):
     assert codes.header["code_bits"] == 18
     assert abs(codes.num_samples - 1.3 * 16000) <= 1
     assert not list(workdir["folder"].glob("*.part")) and not list(workdir["folder"].glob(".*"))
+
+
+def test_outputs_get_normal_permissions(workdir):
+    """Outputs are written to a temporary file and renamed; they must not keep mkstemp's 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert workdir["bsq"].stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_info_json(workdir):
@@ -211,10 +218,6 @@ def test_user_errors(case, tmp_path, workdir, tiny_model_dir, other_model_dir):
 
 # -- the plot's input panel (in-process, to see what is plotted) ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: cli.roundtrip reuses the variable `wave` for the decoded audio, then calls "
-    "plot_roundtrip(..., source_wave=wave): the PNG's 'input' panel shows the decoded output "
-    "(at the output rate), not the input."))
 def test_roundtrip_plot_input_panel_is_the_input(tmp_path, tiny_model_dir, monkeypatch):
     from typer.testing import CliRunner
 

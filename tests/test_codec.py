@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_signal
 
 import bsqaudio
 from bsqaudio import BsqAudioError, Codes, read_bsq, write_bsq
 from bsqaudio.audio import GAIN_FLOOR_DB, MelFrontend
 from bsqaudio.codec import Codec
-from conftest import make_signal
 
 RATE = 16000
 HOP = 160
@@ -236,10 +236,6 @@ def test_silent_input_gain_floor(frontend):
     assert torch.isfinite(norm).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: digital silence is clamped to POWER_EPS = 1e-10 (-100 dB) but referenced to "
-    "GAIN_FLOOR_DB = -40 dB, so it sits 60 dB below the gain and normalizes to -0.5, not -1 "
-    "(-80 dB) as the GAIN_FLOOR_DB comment and Codec.silence_indices (an all -1 window) assume."))
 def test_silent_input_is_all_minus_one(frontend):
     norm, _ = frontend.analyze(torch.zeros(RATE))
     assert torch.equal(norm, torch.full_like(norm, -1.0))

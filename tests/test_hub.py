@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import HAS_EMBEDDED_MODEL
 from safetensors.torch import load_file, save_file
 
 import bsqaudio
 from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
 from bsqaudio.hub import CONFIG_NAME, WEIGHTS_NAME
-from conftest import HAS_EMBEDDED_MODEL
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -109,11 +109,6 @@ def test_unexpected_weight_is_refused(tmp_path, tiny_model_dir):
         bsqaudio.from_pretrained(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: hub.load_weights calls model.load_state_dict(strict=False), which still raises "
-    "RuntimeError('size mismatch ...') for a wrongly shaped tensor; the later shape check is dead "
-    "code, so weights of another shape (e.g. code_bits 36 weights with a code_bits 18 config) "
-    "escape as a RuntimeError traceback instead of BsqAudioError."))
 def test_wrongly_shaped_weights_are_refused(tmp_path):
     torch.manual_seed(0)
     tiny = preset("tiny")

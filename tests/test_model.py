@@ -145,14 +145,9 @@ def test_grad_checkpointing_same_loss_and_gradients(checkpointing_runs):
         torch.testing.assert_close(grads_a[key], grads_b[key], msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with grad checkpointing, the Conformer BatchNorm runs forward twice per step (the "
-    "recompute in backward), so running_mean/var and num_batches_tracked are updated twice: "
-    "eval-mode statistics of a model trained with --grad-checkpointing differ from one "
-    "trained without."))
 def test_grad_checkpointing_same_batchnorm_statistics(checkpointing_runs):
     plain, ckpt, _, _ = checkpointing_runs
-    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
         assert torch.equal(a, b), name
 
 

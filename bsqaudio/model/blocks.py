@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class LayerScale(nn.Module):
@@ -88,8 +89,22 @@ class Block(nn.Module):
         self.ffn = FeedForward(width, mlp_ratio)
         self.ffn_scale = LayerScale(width, layer_scale_init)
 
-    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
-        x = x_bnd + self.attn_scale(self.attn(self.attn_norm(x_bnd)))
+    def _attention(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        return x_bnd + self.attn_scale(self.attn(self.attn_norm(x_bnd)))
+
+    def _feed_forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        return x_bnd + self.ffn_scale(self.ffn(self.ffn_norm(x_bnd)))
+
+    def forward(self, x_bnd: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+        """With ``grad_checkpointing``, attention and FFN activations are recomputed in backward;
+        the convolution module is not, since recomputing would update BatchNorm's running
+        statistics a second time."""
+        if grad_checkpointing:
+            x = checkpoint(self._attention, x_bnd, use_reentrant=False)
+        else:
+            x = self._attention(x_bnd)
         if self.conv is not None:
             x = x + self.conv_scale(self.conv(self.conv_norm(x)))
-        return x + self.ffn_scale(self.ffn(self.ffn_norm(x)))
+        if grad_checkpointing:
+            return checkpoint(self._feed_forward, x, use_reentrant=False)
+        return self._feed_forward(x)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from bsqaudio.model.blocks import Block
 from bsqaudio.model.config import ModelConfig
@@ -48,10 +47,7 @@ class Transformer(nn.Module):
 
     def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x_bnd = checkpoint(block, x_bnd, use_reentrant=False)
-            else:
-                x_bnd = block(x_bnd)
+            x_bnd = block(x_bnd, grad_checkpointing=self.grad_checkpointing and self.training)
         return self.norm(x_bnd)
 
 
