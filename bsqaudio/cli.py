@@ -272,6 +272,67 @@ def train(
     run_training(settings, resume=resume)
 
 
+@app.command(name="eval", epilog="Example:\n\n  bsqaudio eval speech/ music.flac --json > report.json")
+def eval_(
+    inputs: Annotated[list[str], typer.Argument(help="Reference audio files, folders or .txt lists.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG bar chart of the mean metrics.")] = None,
+    oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Also score oracle Griffin-Lim.")] = True,
+    model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
+) -> None:
+    """Round-trip reference files; report mel error, STFT distance, SI-SDR, STOI, PESQ, bitrate."""
+    from bsqaudio.evaluate import evaluate
+    from bsqaudio.train.data import list_inputs
+
+    paths = list_inputs(inputs)
+    if not paths:
+        fail("no audio files among the inputs")
+    codec = load_codec(model, revision, device)
+    report = evaluate(codec, paths, oracle=oracle)
+    for error in report["errors"]:
+        err_console.print(f"bsqaudio: skipped {error['error']}", highlight=False, markup=False,
+                          soft_wrap=True)
+    if not report["files"]:
+        fail("none of the inputs could be evaluated")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    if plot is not None:
+        from bsqaudio.plots import plot_eval
+
+        plot_eval(report, plot)
+    if report["errors"]:
+        raise typer.Exit(1)
+
+
+def print_report(report: dict) -> None:
+    from rich.table import Table
+
+    def fmt(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title="bsqaudio eval (oracle = unquantized mel through the same Griffin-Lim)")
+    for column in ("file", "s", "bit/s", "mel MAE dB", "MR-STFT", "SI-SDR dB", "STOI", "PESQ-WB"):
+        table.add_column(column, justify="left" if column == "file" else "right",
+                         overflow="fold")
+    rows = [(Path(r["path"]).name, r) for r in report["files"]] + [("MEAN", report["mean"])]
+    for name, r in rows:
+        for system in ("codec", "oracle"):
+            if system not in r:
+                continue
+            m = r[system]
+            label = name if system == "codec" else "  oracle"
+            table.add_row(label, fmt(r["duration_s"], 1) if system == "codec" else "",
+                          fmt(r["bitrate_bps"], 0) if system == "codec" else "",
+                          fmt(m["mel_mae_db"]), fmt(m["mrstft"]), fmt(m["si_sdr_db"], 1),
+                          fmt(m["stoi"]), fmt(m["pesq_wb"]))
+    Console().print(table)
+    codes = report["mean"]["codes"]
+    Console().print(f"tokens: {codes['distinct_per_window']:.1%} distinct per window on average; "
+                    f"per-bit balance {codes['bit_balance_min']:.2f}-{codes['bit_balance_max']:.2f}")
+
+
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A `bsqaudio train` run folder.")],

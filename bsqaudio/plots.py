@@ -52,3 +52,21 @@ def plot_roundtrip(codec, codes, path: Path, source_wave: torch.Tensor | None = 
         source_db = ((norm - 1.0) * codec.config.db_range / 2).reshape(-1, codec.config.n_mels)
         panels.insert(0, ("input", source_db[:frames]))
     plot_spectrograms(panels, path)
+
+
+def plot_eval(report: dict, path: Path) -> None:
+    """Bar chart of the mean metrics, codec beside oracle Griffin-Lim."""
+    plt = _pyplot()
+    keys = [k for k in ("mel_mae_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
+            if report["mean"]["codec"].get(k) is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        systems = [s for s in ("codec", "oracle") if s in report["mean"]]
+        ax.bar(systems, [report["mean"][s][key] or 0.0 for s in systems], color=["C0", "C1"])
+        ax.set_title(key)
+    fig.suptitle(f"{len(report['files'])} files, {report['mean']['bitrate_bps']:.0f} bit/s")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(Path(path), buffer.getvalue())

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import HAS_EMBEDDED_MODEL
+
 from safetensors.torch import load_file, save_file
 
 import bsqaudio
@@ -162,8 +162,10 @@ def test_neither_path_nor_repo_id(name):
         bsqaudio.from_pretrained(name)
 
 
-@pytest.mark.skipif(HAS_EMBEDDED_MODEL, reason="an embedded default model is installed")
-def test_no_embedded_model_mentions_model_option():
+def test_no_embedded_model_mentions_model_option(tmp_path, monkeypatch):
+    import bsqaudio.hub as hub
+
+    monkeypatch.setattr(hub, "EMBEDDED_DIR", tmp_path)  # an install without bundled weights
     with pytest.raises(BsqAudioError, match="--model"):
         bsqaudio.from_pretrained(None)
     with pytest.raises(BsqAudioError, match="--model"):

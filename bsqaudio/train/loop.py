@@ -205,7 +205,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     model = AudioBSQ(config)
     model.set_grad_checkpointing(s.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if run.distributed:
+    if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(run.device)
     ema.to(run.device)

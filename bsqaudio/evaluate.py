@@ -1,0 +1,100 @@
+"""``bsqaudio eval``: round-trip reference files and measure what survives.
+
+Each file is scored twice: through the codec, and through "oracle Griffin-Lim" (its own
+unquantized mel inverted the same way), the ceiling that a better tokenizer alone cannot pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bsqaudio.audio import load_mono
+from bsqaudio.bitstream import write_bsq
+from bsqaudio.codec import Codec
+from bsqaudio.errors import BsqAudioError
+from bsqaudio.metrics import all_metrics
+
+METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
+
+
+def oracle_griffin_lim(codec: Codec, wave: torch.Tensor) -> torch.Tensor:
+    """The unquantized mel of ``wave`` inverted exactly as the decoder inverts its output."""
+    frontend = codec.frontend
+    mel, gains = frontend.analyze(wave)
+    power = frontend.denormalize(mel, gains).reshape(-1, codec.config.n_mels)
+    power = power[: frontend.num_frames(wave.shape[0]) + 1]
+    return frontend.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
+
+
+def evaluate_file(codec: Codec, path: Path, oracle: bool = True) -> dict:
+    """Metrics of one file: the codec's, and with ``oracle`` the oracle Griffin-Lim's."""
+    rate = codec.config.sample_rate
+    wave, _, _ = load_mono(path, rate)
+    codes = codec.encode(wave, rate)
+    decoded = codec.decode(codes)
+    duration = wave.shape[0] / rate
+    row = {
+        "path": str(path),
+        "duration_s": duration,
+        "bitrate_bps": codes.bitrate,
+        "file_bitrate_bps": len(write_bsq(codes)) * 8 / duration,
+        "codec": all_metrics(wave, decoded, codec.frontend),
+        "codes": code_statistics(codes.indices, codes.rows_per_window, codes.code_bits),
+    }
+    if oracle:
+        row["oracle"] = all_metrics(wave, oracle_griffin_lim(codec, wave), codec.frontend)
+    return row
+
+
+def code_statistics(indices_rf: torch.Tensor, rows_per_window: int, code_bits: int) -> dict:
+    """Token usage of one file: distinct codes per window (fraction of its patches), and the
+    count of 1s per bit, to aggregate bit balance over many files."""
+    windows = indices_rf.split(rows_per_window)
+    distinct = [w.unique().numel() / w.numel() for w in windows]
+    shifts = torch.arange(code_bits - 1, -1, -1)
+    ones = ((indices_rf.reshape(-1, 1) >> shifts) & 1).sum(0)
+    return {"distinct_per_window": sum(distinct) / len(distinct), "ones_per_bit": ones.tolist(),
+            "tokens": indices_rf.numel()}
+
+
+def evaluate(codec: Codec, paths: list[Path], oracle: bool = True,
+             on_row: Callable[[dict], None] | None = None) -> dict:
+    """Evaluate every readable file; unreadable ones are listed under ``errors``."""
+    rows, errors = [], []
+    for path in paths:
+        try:
+            row = evaluate_file(codec, path, oracle)
+        except BsqAudioError as err:
+            errors.append({"path": str(path), "error": str(err)})
+            continue
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return {"files": rows, "errors": errors, "mean": summarize(rows)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean of every metric over the files where it is defined (PESQ may be undefined)."""
+    mean: dict = {}
+    for key in ("bitrate_bps", "file_bitrate_bps", "duration_s"):
+        mean[key] = sum(r[key] for r in rows) / len(rows) if rows else None
+    if rows:
+        tokens = sum(r["codes"]["tokens"] for r in rows)
+        ones = torch.tensor([r["codes"]["ones_per_bit"] for r in rows]).sum(0).double() / tokens
+        mean["codes"] = {
+            "distinct_per_window": sum(r["codes"]["distinct_per_window"] for r in rows) / len(rows),
+            "bit_balance_min": float(ones.min()),
+            "bit_balance_max": float(ones.max()),
+        }
+    for system in ("codec", "oracle"):
+        values = [r[system] for r in rows if system in r]
+        if not values:
+            continue
+        mean[system] = {}
+        for key in METRIC_KEYS:
+            defined = [v[key] for v in values if v[key] is not None]
+            mean[system][key] = sum(defined) / len(defined) if defined else None
+    return mean
