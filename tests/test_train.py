@@ -1,0 +1,442 @@
+"""Training: it learns, resumes bit-exactly, stops cleanly on SIGTERM, runs under torchrun, exports.
+
+Everything uses the ``tiny`` preset, batches of 2-4 windows and a few generated clips (tones,
+chirps, noise bursts), so the whole file runs in a few minutes on two shared CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import bsqaudio
+from bsqaudio.errors import BsqAudioError
+from bsqaudio.model import AudioBSQ, preset
+from bsqaudio.train import loop
+from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
+from bsqaudio.train.losses import spec_augment
+from bsqaudio.train.loop import TrainSettings, learning_rate, train
+
+RATE = 16000
+BSQAUDIO = shutil.which("bsqaudio")
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def make_clip(kind: str, seconds: float, seed: int) -> np.ndarray:
+    """(T,) float32 at 16 kHz: a chord of tones, a chirp, or bursts of noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    if kind == "tone":
+        x = sum(0.2 * np.sin(2 * math.pi * f * t) for f in rng.uniform(150, 3000, 3))
+    elif kind == "chirp":
+        f0, f1 = rng.uniform(100, 500), rng.uniform(2000, 7000)
+        x = 0.4 * np.sin(2 * math.pi * (f0 * t + 0.5 * (f1 - f0) / seconds * t * t))
+    else:
+        envelope = np.zeros(n)
+        for start in rng.integers(0, n - RATE // 4, int(seconds * 3)):
+            envelope[start: start + RATE // 8] = 1.0
+        x = 0.3 * rng.standard_normal(n) * envelope
+    return (x + 0.003 * rng.standard_normal(n)).astype(np.float32)
+
+
+def write_corpus(root: Path, train_files: int = 8, val_files: int = 2) -> tuple[Path, Path]:
+    """``root/train`` (3..10 s clips) and ``root/val`` (4, 7 s clips) of mixed kinds."""
+    kinds = ("tone", "chirp", "noise")
+    train_dir, val_dir = root / "train", root / "val"
+    train_dir.mkdir(parents=True)
+    val_dir.mkdir()
+    for i in range(train_files):
+        sf.write(train_dir / f"clip{i}.wav", make_clip(kinds[i % 3], 3 + i, i), RATE)
+    for i in range(val_files):
+        sf.write(val_dir / f"val{i}.wav", make_clip(kinds[i % 3], 4 + 3 * i, 100 + i), RATE)
+    return train_dir, val_dir
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def settings(out: Path, corpus, **changes) -> TrainSettings:
+    """Small, quiet settings: tiny preset, batch 2, validation and checkpoints only at the end."""
+    train_dir, val_dir = corpus
+    base = dict(inputs=[str(train_dir)], val_dirs=[str(val_dir)], out=str(out), preset="tiny",
+                steps=4, batch_size=2, lr=2e-3, warmup=2, ema_decay=0.9, val_every=10 ** 6,
+                checkpoint_every=10 ** 6, log_every=10 ** 6, device="cpu")
+    base.update(changes)
+    return TrainSettings(**base)
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def cli(*args) -> list[str]:
+    """The installed ``bsqaudio`` command (``python -m bsqaudio`` where it is not installed)."""
+    command = [BSQAUDIO] if BSQAUDIO else [sys.executable, "-m", "bsqaudio"]
+    return command + [str(a) for a in args]
+
+
+def cli_env(**extra) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+# -- it learns ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, corpus) -> tuple[Path, TrainSettings]:
+    """``tiny`` trained for 100 steps (about 30 s), validated every 50, exported at the end."""
+    out = tmp_path_factory.mktemp("trained")
+    s = settings(out, corpus, steps=100, batch_size=4, lr=2e-3, warmup=20, val_every=50,
+                 log_every=25, checkpoint_every=50)
+    train(s)
+    return out, s
+
+
+def test_training_halves_the_validation_mel_error(trained_run):
+    out, _ = trained_run
+    val = records(out, "val")
+    assert [r["step"] for r in val] == [0, 50, 100]
+    first, last = val[0]["mel_mse_db"], val[-1]["mel_mse_db"]
+    assert last <= 0.5 * first, [r["mel_mse_db"] for r in val]
+    assert all(math.isfinite(r["mel_mse_db"]) and math.isfinite(r["perplexity"]) for r in val)
+
+
+def test_logged_learning_rate_follows_the_schedule(trained_run):
+    out, s = trained_run
+    logged = records(out, "train")
+    assert [r["step"] for r in logged] == [25, 50, 75, 100]
+    for r in logged:  # the record of step n holds the rate used for update n (index n - 1)
+        assert r["lr"] == pytest.approx(learning_rate(s, r["step"] - 1, 1), rel=1e-12)
+        assert math.isfinite(r["recon"]) and math.isfinite(r["grad_norm"])
+
+
+def test_run_writes_one_checkpoint_and_an_export_of_the_ema(trained_run):
+    out, _ = trained_run
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "checkpoint", "export",
+                                                      "metrics.jsonl"]
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 100 and meta["config"]["name"] == "bsqaudio-tiny"
+    ema = load_file(str(out / "checkpoint" / "ema.safetensors"))
+    exported = load_file(str(out / "export" / "model.safetensors"))
+    assert ema.keys() == exported.keys()
+    assert all(torch.equal(ema[k], exported[k]) for k in ema)
+
+
+# -- the exported model ---------------------------------------------------------------------------
+
+def test_exported_model_round_trips_a_clip(trained_run, tmp_path):
+    out, _ = trained_run
+    clip = tmp_path / "in.wav"
+    sf.write(clip, make_clip("chirp", 2.5, 7), RATE)
+    decoded = tmp_path / "out.wav"
+    result = subprocess.run(cli("roundtrip", clip, "-o", decoded, "--model", out / "export",
+                                "--device", "cpu", "--quiet"),
+                            capture_output=True, env=cli_env(), timeout=180)
+    assert result.returncode == 0, result.stderr.decode()
+    info = sf.info(str(decoded))
+    assert info.samplerate == RATE and info.frames == int(2.5 * RATE)
+
+
+def test_export_command_writes_float16_weights_that_load(trained_run, tmp_path):
+    out, _ = trained_run
+    target = tmp_path / "half"
+    result = subprocess.run(cli("export", out, "-o", target, "--dtype", "float16"),
+                            capture_output=True, env=cli_env(), timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    with safe_open(str(target / "model.safetensors"), framework="pt") as handle:
+        dtypes = {handle.get_tensor(k).dtype for k in handle.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    loaded = bsqaudio.from_pretrained(target)
+    assert loaded.model.config == preset("tiny")
+    ema = load_file(str(out / "checkpoint" / "ema.safetensors"))
+    for name, value in loaded.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ema[name].half().float(), rtol=0, atol=0)
+
+
+# -- resuming -------------------------------------------------------------------------------------
+
+def stop_after(monkeypatch, updates: int) -> None:
+    """SIGTERM this process right after optimizer update number ``updates``: the loop's own
+    handler then checkpoints at that step and returns, with the settings (and the learning-rate
+    schedule) of the full run."""
+    real = loop.update_ema
+    count = {"n": 0}
+
+    def counting(ema, model, decay):
+        real(ema, model, decay)
+        count["n"] += 1
+        if count["n"] == updates:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "update_ema", counting)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, corpus, monkeypatch):
+    cache = str(tmp_path / "cache")  # decoded once, shared by both runs
+    whole = settings(tmp_path / "whole", corpus, steps=6, cache=cache)
+    train(whole)
+
+    split = settings(tmp_path / "split", corpus, steps=6, cache=cache)
+    with monkeypatch.context() as patch:
+        stop_after(patch, 3)
+        train(split)
+    stopped = tmp_path / "split" / "checkpoint"
+    assert json.loads((stopped / "meta.json").read_text())["step"] == 3
+    assert not (tmp_path / "split" / "export").exists()
+    train(split, resume=True)
+
+    a, b = tmp_path / "whole" / "checkpoint", stopped
+    assert json.loads((b / "meta.json").read_text())["step"] == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        left, right = load_file(str(a / name)), load_file(str(b / name))
+        assert left.keys() == right.keys()
+        unequal = [k for k in left if not torch.equal(left[k], right[k])]
+        assert not unequal, f"{name}: {unequal}"
+    opt_a = torch.load(a / "trainer.pt", weights_only=True)["optimizer"]["state"]
+    opt_b = torch.load(b / "trainer.pt", weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(opt_a[i][key], opt_b[i][key]) for i in opt_a for key in opt_a[i])
+    # The weights did move: equality is not the trivial one of an untrained model.
+    torch.manual_seed(0)
+    initial = AudioBSQ(preset("tiny")).state_dict()
+    final = load_file(str(a / "model.safetensors"))
+    assert not torch.equal(initial["patch_embed.weight"], final["patch_embed.weight"])
+
+
+def test_sigterm_leaves_a_valid_checkpoint_and_resume_continues(tmp_path, corpus):
+    train_dir, val_dir = corpus
+    run = tmp_path / "run"
+    common = [train_dir, "--val-dir", val_dir, "--out", run, "--preset", "tiny",
+              "--batch-size", "2", "--warmup", "5", "--device", "cpu",
+              "--val-every", "1000000", "--checkpoint-every", "1000000"]
+    log = (tmp_path / "log.txt").open("wb")
+    process = subprocess.Popen(cli("train", *common, "--steps", "1000000"), stdout=log,
+                               stderr=subprocess.STDOUT, env=cli_env())
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and process.poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and '"kind": "train"' in metrics.read_text():
+                break  # at least 10 optimizer steps done (the loop logs every 10)
+            time.sleep(0.2)
+        assert process.poll() is None, (tmp_path / "log.txt").read_text()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    output = (tmp_path / "log.txt").read_text()
+    assert code == 0, output
+    assert "Traceback" not in output
+    meta = json.loads((run / "checkpoint" / "meta.json").read_text())
+    step = meta["step"]
+    assert step >= 10
+    assert f"stopped at step {step}; continue with --resume" in output
+    assert not list(run.glob("*.tmp")) and not list(run.glob("*.old"))
+    assert not (run / "export").exists()
+    model = AudioBSQ(preset("tiny"))
+    model.load_state_dict(load_file(str(run / "checkpoint" / "model.safetensors")))
+    model.load_state_dict(load_file(str(run / "checkpoint" / "ema.safetensors")))
+
+    result = subprocess.run(cli("train", *common, "--steps", step + 2, "--resume"),
+                            capture_output=True, env=cli_env(), timeout=180)
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"resumed from step {step}" in result.stdout.decode()
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == step + 2
+    assert (run / "export" / "model.safetensors").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus):
+    with pytest.raises(BsqAudioError, match="no checkpoint"):
+        train(settings(tmp_path / "fresh", corpus), resume=True)
+
+
+# -- torchrun -------------------------------------------------------------------------------------
+
+def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, corpus):
+    train_dir, val_dir = corpus
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "bsqaudio", "train", str(train_dir),
+               "--val-dir", str(val_dir), "--out", str(run), "--preset", "tiny", "--steps", "3",
+               "--batch-size", "2", "--warmup", "1", "--checkpoint-every", "2", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, env=cli_env(), timeout=300)
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, output
+    assert "world 2" in output
+    assert sorted(p.name for p in run.iterdir()) == ["cache", "checkpoint", "export",
+                                                      "metrics.jsonl"]
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 3
+    trainer = torch.load(run / "checkpoint" / "trainer.pt", weights_only=True)
+    assert len(trainer["generators"]) == 2  # one RNG state per rank
+    assert not torch.equal(trainer["generators"][0], trainer["generators"][1])
+    assert [r["step"] for r in records(run, "val")] == [0, 3]  # rank 0 alone validates
+    bsqaudio.from_pretrained(run / "export")
+
+
+# -- unreadable inputs ----------------------------------------------------------------------------
+
+def test_unreadable_inputs_are_reported_and_skipped(tmp_path, corpus, capsys):
+    train_dir, val_dir = corpus
+    mixed = tmp_path / "mixed"
+    shutil.copytree(train_dir, mixed)
+    (mixed / "x.wav").write_text("this is not audio\n")
+    (mixed / "empty.flac").write_bytes(b"")
+    out = tmp_path / "run"
+    train(settings(out, (mixed, val_dir), steps=2))
+    printed = capsys.readouterr().out
+    skipped = [line for line in printed.splitlines() if line.startswith("skipping")]
+    assert len(skipped) == 2, printed
+    assert any("x.wav" in line for line in skipped) and any("empty.flac" in line for line in skipped)
+    assert "cached 8 files" in printed and "skipped 2" in printed
+    index = json.loads((out / "cache" / "train" / "index.json").read_text())
+    assert index["skipped"] == 2 and len(index["names"]) == 8
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 2
+
+
+def test_no_readable_training_audio_is_a_user_error(tmp_path, corpus):
+    _, val_dir = corpus
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.wav").write_text("not audio")
+    with pytest.raises(BsqAudioError, match="no readable audio"):
+        train(settings(tmp_path / "run", (bad, val_dir)))
+
+
+# -- checkpoints never unpickle arbitrary objects -------------------------------------------------
+
+class Payload:
+    """Unpickling this would run code: it touches a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    torch.manual_seed(0)
+    model, ema = AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    state = {"optimizer": optimizer.state_dict(), "generators": [torch.Generator().get_state()]}
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, 7, model, ema, state, {"config": model.config.to_dict()})
+    trainer_state, meta = load_checkpoint(folder, AudioBSQ(preset("tiny")),
+                                          AudioBSQ(preset("tiny")))
+    assert meta["step"] == 7 and torch.equal(trainer_state["generators"][0], state["generators"][0])
+
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": Payload(marker), "generators": []}, folder / "trainer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(folder, AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny")))
+    assert not marker.exists()
+    # The same file does run code under a plain pickle load: the refusal is what protects us.
+    torch.load(folder / "trainer.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_interrupted_checkpoint_swap_falls_back_to_the_old_folder(tmp_path):
+    torch.manual_seed(0)
+    model, ema = AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny"))
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, 5, model, ema, {"generators": []}, {})
+    folder.rename(folder.with_name("checkpoint.old"))  # killed between the two renames
+    _, meta = load_checkpoint(folder, AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny")))
+    assert meta["step"] == 5
+
+
+# -- SpecAugment and the learning rate -----------------------------------------------------------
+
+def test_spec_augment_masks_bands_and_is_deterministic():
+    mel = torch.rand(3, 1024, 128) * 1.8 - 0.8  # never exactly -1
+    original = mel.clone()
+    first = spec_augment(mel, torch.Generator().manual_seed(5), 2, 40, 2, 12)
+    again = spec_augment(mel, torch.Generator().manual_seed(5), 2, 40, 2, 12)
+    other = spec_augment(mel, torch.Generator().manual_seed(6), 2, 40, 2, 12)
+    assert torch.equal(mel, original)  # the input (the loss target) is left untouched
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    masked = first == -1.0
+    assert masked.any()
+    assert torch.equal(first[~masked], mel[~masked])  # everything else unchanged
+    for i in range(3):
+        rows = masked[i].all(dim=1)  # time masks: whole frames
+        cols = masked[i].all(dim=0)  # frequency masks: whole mel bins
+        assert torch.equal(masked[i], rows[:, None] | cols[None, :])
+        assert rows.sum() <= 2 * 40 and cols.sum() <= 2 * 12
+
+
+def test_the_loss_target_is_the_clean_spectrogram(tmp_path, corpus, monkeypatch):
+    seen = {"augmented": [], "clean": [], "model_in": [], "target": []}
+    real_augment, real_loss = loop.spec_augment, loop.reconstruction_loss
+
+    def spy_augment(mel, *args):
+        seen["clean"].append(mel.clone())
+        out = real_augment(mel, *args)
+        seen["augmented"].append(out)
+        return out
+
+    def spy_loss(pred, target, kind):
+        seen["target"].append(target.clone())
+        return real_loss(pred, target, kind)
+
+    real_forward = AudioBSQ.forward
+
+    def spy_forward(self, mel):
+        if self.training:
+            seen["model_in"].append(mel.clone())
+        return real_forward(self, mel)
+
+    monkeypatch.setattr(loop, "spec_augment", spy_augment)
+    monkeypatch.setattr(loop, "reconstruction_loss", spy_loss)
+    monkeypatch.setattr(AudioBSQ, "forward", spy_forward)
+    train(settings(tmp_path / "run", corpus, steps=2))
+    assert len(seen["target"]) == len(seen["augmented"]) == len(seen["model_in"]) == 2
+    for clean, augmented, model_in, target in zip(*(seen[k] for k in
+                                                     ("clean", "augmented", "model_in", "target"))):
+        assert torch.equal(model_in, augmented)
+        assert torch.equal(target, clean)
+        assert not torch.equal(augmented, clean)
+
+
+def test_learning_rate_warmup_and_cosine():
+    s = TrainSettings(inputs=[], out="", steps=1000, warmup=100, lr=1e-3, min_lr_ratio=0.1)
+    assert learning_rate(s, 0, 1) == pytest.approx(1e-5)
+    assert learning_rate(s, 49, 1) == pytest.approx(5e-4)
+    assert learning_rate(s, 99, 1) == pytest.approx(1e-3)
+    assert learning_rate(s, 100, 1) == pytest.approx(1e-3)
+    assert learning_rate(s, 550, 1) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(s, 1000, 1) == pytest.approx(1e-4)
+    assert learning_rate(s, 5000, 1) == pytest.approx(1e-4)  # past the end: the floor
+    values = [learning_rate(s, i, 1) for i in range(100, 1001)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert learning_rate(s, 300, 8) == learning_rate(s, 300, 1)  # --lr ignores the world size
+
+
+def test_lr_per_sample_scales_with_the_global_batch():
+    s = TrainSettings(inputs=[], out="", steps=1000, warmup=0, batch_size=32, grad_accum=2,
+                      lr=123.0, lr_per_sample=4e-7)
+    assert learning_rate(s, 0, 1) == pytest.approx(4e-7 * 64)
+    assert learning_rate(s, 0, 8) == pytest.approx(4e-7 * 32 * 2 * 8)
+    assert learning_rate(s, 1000, 8) == pytest.approx(4e-7 * 512 * 0.1)
