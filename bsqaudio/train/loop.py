@@ -37,6 +37,7 @@ from bsqaudio.train.losses import (
     spec_augment,
 )
 from bsqaudio.train.metrics import code_usage, mel_errors_db
+from bsqaudio.train.progress import TrainingProgress
 
 
 @dataclass
@@ -261,7 +262,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         metrics.update(step=step, time=time.time())
         with open(run.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({"kind": "val", **metrics}) + "\n")
-        run.log(f"val step {step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
+        progress.log(f"val step {step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
                 f"MSE {metrics['mel_mse_db']:.1f} dB^2, bits {metrics['bit_balance_min']:.2f}-"
                 f"{metrics['bit_balance_max']:.2f}, distinct {metrics['distinct_per_window']:.2f}, "
                 f"perplexity {metrics['perplexity']:.0f}")
@@ -276,83 +277,83 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     last = {}
     tokens_per_step = s.batch_size * s.grad_accum * run.world * config.num_patches
     tick, tick_step = time.time(), step
-    try:
-        if step == 0 and run.is_main:
-            last = validate(0)
-        while step < s.steps and not stop.stop:
-            lr = learning_rate(s, step, run.world)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, s.quantizer_warmup))
-            use_gan = disc is not None and step >= s.disc_start
-            logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
-            for micro in range(s.grad_accum):
-                wave = train_cache.random_crops(s.batch_size, segment, generator).to(run.device)
-                with torch.no_grad():
-                    target, _ = frontend.normalize(frontend.power_mel(wave))
-                inputs = target
-                if s.spec_augment:
-                    inputs = spec_augment(target, generator, s.time_masks, s.time_mask_width,
-                                          s.freq_masks, s.freq_mask_width)
-                sync = (contextlib.nullcontext() if not run.distributed or micro == s.grad_accum - 1
-                        else model.no_sync())
-                with sync:
-                    with autocast:
-                        out = forward(inputs)
-                    recon = reconstruction_loss(out.reconstruction, target, s.loss)
-                    total = recon + q_weight * out.quantizer.loss
+    with TrainingProgress(s.steps, step, run.is_main) as progress:
+        try:
+            if step == 0 and run.is_main:
+                last = validate(0)
+            while step < s.steps and not stop.stop:
+                lr = learning_rate(s, step, run.world)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, s.quantizer_warmup))
+                use_gan = disc is not None and step >= s.disc_start
+                logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
+                for micro in range(s.grad_accum):
+                    wave = train_cache.random_crops(s.batch_size, segment, generator).to(run.device)
+                    with torch.no_grad():
+                        target, _ = frontend.normalize(frontend.power_mel(wave))
+                    inputs = target
+                    if s.spec_augment:
+                        inputs = spec_augment(target, generator, s.time_masks, s.time_mask_width,
+                                              s.freq_masks, s.freq_mask_width)
+                    sync = (contextlib.nullcontext() if not run.distributed or micro == s.grad_accum - 1
+                            else model.no_sync())
+                    with sync:
+                        with autocast:
+                            out = forward(inputs)
+                        recon = reconstruction_loss(out.reconstruction, target, s.loss)
+                        total = recon + q_weight * out.quantizer.loss
+                        if use_gan:
+                            with autocast:
+                                fake_logits = disc(out.reconstruction)
+                            gan = hinge_generator_loss(fake_logits.float())
+                            weight = adaptive_weight(recon, gan, head) * s.disc_weight
+                            total = total + weight * gan
+                            logs["gan"] += float(gan) / s.grad_accum
+                        (total / s.grad_accum).backward()
                     if use_gan:
                         with autocast:
-                            fake_logits = disc(out.reconstruction)
-                        gan = hinge_generator_loss(fake_logits.float())
-                        weight = adaptive_weight(recon, gan, head) * s.disc_weight
-                        total = total + weight * gan
-                        logs["gan"] += float(gan) / s.grad_accum
-                    (total / s.grad_accum).backward()
+                            d_loss = hinge_discriminator_loss(disc(target).float(),
+                                                              disc(out.reconstruction.detach()).float())
+                        (d_loss / s.grad_accum).backward()
+                        logs["disc"] += float(d_loss) / s.grad_accum
+                    logs["recon"] += float(recon.detach()) / s.grad_accum
+                    logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 if use_gan:
-                    with autocast:
-                        d_loss = hinge_discriminator_loss(disc(target).float(),
-                                                          disc(out.reconstruction.detach()).float())
-                    (d_loss / s.grad_accum).backward()
-                    logs["disc"] += float(d_loss) / s.grad_accum
-                logs["recon"] += float(recon.detach()) / s.grad_accum
-                logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if use_gan:
-                disc_opt.step()
-                disc_opt.zero_grad(set_to_none=True)
-            update_ema(ema, core, s.ema_decay if step >= s.warmup else 0.0)
-            step += 1
+                    disc_opt.step()
+                    disc_opt.zero_grad(set_to_none=True)
+                update_ema(ema, core, s.ema_decay if step >= s.warmup else 0.0)
+                step += 1
 
-            if step % s.log_every == 0 and run.is_main:
-                now = time.time()
-                rate = (step - tick_step) / max(1e-9, now - tick)
-                tick, tick_step = now, step
-                eta = (s.steps - step) / max(rate, 1e-9)
-                record = {"kind": "train", "step": step, "lr": lr, "grad_norm": float(grad_norm),
-                          "tokens_per_s": rate * tokens_per_step, "steps_per_s": rate, **logs}
-                with open(run.out / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                run.log(f"step {step}/{s.steps} recon {logs['recon']:.4f} quant {logs['quant']:.4f}"
-                        + (f" gan {logs['gan']:.3f} disc {logs['disc']:.3f}" if use_gan else "")
-                        + f" lr {lr:.2e} {rate * tokens_per_step:,.0f} tok/s ETA {eta / 60:.0f} min")
-            out_of_time = (s.max_minutes is not None
-                           and time.time() - start_time > s.max_minutes * 60)
-            if run.distributed:
-                flag = torch.tensor([float(stop.stop or out_of_time)], device=run.device)
-                dist.all_reduce(flag)
-                stop.stop = stop.stop or bool(flag.item())
-            else:
-                stop.stop = stop.stop or out_of_time
-            if step % s.checkpoint_every == 0 or stop.stop or step == s.steps:
-                save(step)
-            if run.is_main and (step % s.val_every == 0 or step == s.steps):
-                last = validate(step)
-            run.barrier()
-    finally:
-        stop.restore()
+                if step % s.log_every == 0 and run.is_main:
+                    now = time.time()
+                    rate = (step - tick_step) / max(1e-9, now - tick)
+                    tick, tick_step = now, step
+                    eta = (s.steps - step) / max(rate, 1e-9)
+                    record = {"kind": "train", "step": step, "lr": lr, "grad_norm": float(grad_norm),
+                              "tokens_per_s": rate * tokens_per_step, "steps_per_s": rate, **logs}
+                    with open(run.out / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    shown = logs if use_gan else {"recon": logs["recon"], "quant": logs["quant"]}
+                    progress.update(step, shown, lr, rate * tokens_per_step, eta)
+                out_of_time = (s.max_minutes is not None
+                               and time.time() - start_time > s.max_minutes * 60)
+                if run.distributed:
+                    flag = torch.tensor([float(stop.stop or out_of_time)], device=run.device)
+                    dist.all_reduce(flag)
+                    stop.stop = stop.stop or bool(flag.item())
+                else:
+                    stop.stop = stop.stop or out_of_time
+                if step % s.checkpoint_every == 0 or stop.stop or step == s.steps:
+                    save(step)
+                if run.is_main and (step % s.val_every == 0 or step == s.steps):
+                    last = validate(step)
+                run.barrier()
+        finally:
+            stop.restore()
     if run.is_main and step >= s.steps:
         save_pretrained(ema, run.out / "export", dtype=getattr(torch, s.export_dtype))
         run.log(f"exported {run.out / 'export'}")
