@@ -205,15 +205,59 @@ class MelFrontend:
                     ) -> torch.Tensor:
         """(n_freqs, T) linear power -> (T * hop,) audio, deterministic (zero initial phase).
 
-        Frame k is centred on sample k * hop; the last hop after the last centre is silent."""
+        The fast Griffin-Lim with momentum of torchaudio's ``griffinlim``, step for step, with a
+        cheaper inverse STFT (``_istft``). Frame k is centred on sample k * hop; the last hop
+        after the last centre is silent."""
         c = self.config
         frames = power_ft.shape[-1]
-        audio = AF.griffinlim(
-            power_ft, self.window.to(power_ft.device), c.n_fft, c.hop_length, c.win_length,
-            power=2.0, n_iter=iterations, momentum=momentum, length=(frames - 1) * c.hop_length,
-            rand_init=False,
-        )
+        length = (frames - 1) * c.hop_length
+        magnitude = power_ft.sqrt()
+        window = self.window.to(power_ft.device)
+        angles = torch.ones_like(magnitude, dtype=torch.complex64)
+        previous = torch.zeros_like(angles)
+        for _ in range(iterations):
+            audio = self._istft(magnitude * angles, length)
+            rebuilt = torch.stft(audio, c.n_fft, c.hop_length, c.win_length, window,
+                                 center=True, pad_mode="reflect", return_complex=True)
+            angles = rebuilt - previous * (momentum / (1 + momentum))
+            angles = angles * (1.0 / (angles.abs() + 1e-16))
+            previous = rebuilt
+        audio = self._istft(magnitude * angles, length)
         return torch.nn.functional.pad(audio, (0, c.hop_length))
+
+    def _istft(self, spec_ft: torch.Tensor, length: int) -> torch.Tensor:
+        """Inverse of a centred ``torch.stft`` with this front-end's window.
+
+        ``torch.istft`` rebuilds the window envelope and overlap-adds all n_fft samples of every
+        frame on each call; here only the win_length samples the window keeps are added, by a
+        few strided tensor adds, and the envelope is cached per frame count."""
+        c = self.config
+        lo = (c.n_fft - c.win_length) // 2
+        window = self.window.to(spec_ft.device)
+        signal = torch.fft.irfft(spec_ft.T, n=c.n_fft)[:, lo: lo + c.win_length] * window
+        envelope = self._envelope(spec_ft.shape[-1], spec_ft.device)
+        audio = torch.nn.functional.pad(self._overlap_add(signal) / envelope, (lo, 0))
+        start = c.n_fft // 2
+        return audio[start: start + length]
+
+    def _overlap_add(self, frames_tw: torch.Tensor) -> torch.Tensor:
+        """(T, win_length) frames hop apart -> ((T-1) * hop + win_length,) summed signal."""
+        hop, width = self.config.hop_length, self.config.win_length
+        frames, parts = frames_tw.shape[0], math.ceil(width / hop)
+        blocks = torch.nn.functional.pad(frames_tw, (0, parts * hop - width))
+        blocks = blocks.reshape(frames, parts, hop)
+        out = frames_tw.new_zeros(frames + parts - 1, hop)
+        for part in range(parts):
+            out[part: part + frames] += blocks[:, part]
+        return out.reshape(-1)[: (frames - 1) * hop + width]
+
+    def _envelope(self, frames: int, device: torch.device) -> torch.Tensor:
+        key = (frames, str(device))
+        if getattr(self, "_envelope_key", None) != key:
+            squared = (self.window.to(device) ** 2).expand(frames, -1)
+            self._envelope_key = key
+            self._envelope_value = self._overlap_add(squared).clamp_min(1e-11)
+        return self._envelope_value
 
     def synthesize(self, power_tf: torch.Tensor, block_frames: int = 1024, overlap: int = 32,
                    iterations: int = 32) -> torch.Tensor:
