@@ -122,7 +122,8 @@ def encode(
 def decode(
     source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Audio file (.wav, .flac, .ogg) or - (WAV on stdout).")],
-    rate: Annotated[str, typer.Option(help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
+    rate: Annotated[str, typer.Option(
+        help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
 ) -> None:
@@ -210,18 +211,21 @@ def train(
     inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), audio files or .txt lists.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: cache, checkpoints, metrics, export.")],
     preset: Annotated[str, typer.Option(help="Model preset: tiny, small or base.")] = "small",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, e.g. --set code_bits=18.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config field, e.g. --set code_bits=18.")] = None,
     steps: Annotated[int, typer.Option(min=1)] = 20000,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per step per rank.")] = 8,
     grad_accum: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 4e-4,
-    lr_per_sample: Annotated[Optional[float], typer.Option(help="Peak lr per sample of global batch (BSQ-ViT: 4e-7); overrides --lr.")] = None,
+    lr_per_sample: Annotated[Optional[float], typer.Option(
+        help="Peak lr per sample of global batch (BSQ-ViT: 4e-7); overrides --lr.")] = None,
     warmup: int = 500,
     loss: Annotated[str, typer.Option(help="mse or l1, on dB/40.")] = "mse",
     quantizer_weight: float = 0.1,
     spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
     time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
-    discriminator: Annotated[bool, typer.Option("--discriminator/--no-discriminator", help="PatchGAN on the mel (off by default on CPU).")] = False,
+    discriminator: Annotated[bool, typer.Option(
+        "--discriminator/--no-discriminator", help="PatchGAN on the mel (off by default on CPU).")] = False,
     disc_start: int = 5000,
     disc_weight: float = 0.1,
     ema_decay: float = 0.999,
@@ -230,7 +234,8 @@ def train(
     val_every: int = 500,
     val_windows: int = 32,
     checkpoint_every: int = 200,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many minutes.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        help="Stop with a checkpoint after this many minutes.")] = None,
     seed: int = 0,
     grad_checkpointing: bool = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,

@@ -26,7 +26,7 @@ def plot_spectrograms(panels: list[tuple[str, torch.Tensor]], path: Path) -> Non
     """One (frames, n_mels) dB spectrogram per row, titled, saved as a PNG."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3 * len(panels)), squeeze=False)
-    for ax, (title, db_tf) in zip(axes[:, 0], panels):
+    for ax, (title, db_tf) in zip(axes[:, 0], panels, strict=True):
         image = ax.imshow(db_tf.T.numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0,
                           cmap="magma", interpolation="nearest")
         ax.set_title(title)
@@ -60,7 +60,7 @@ def plot_eval(report: dict, path: Path) -> None:
     keys = [k for k in ("mel_mae_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
             if report["mean"]["codec"].get(k) is not None]
     fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         systems = [s for s in ("codec", "oracle") if s in report["mean"]]
         ax.bar(systems, [report["mean"][s][key] or 0.0 for s in systems], color=["C0", "C1"])
         ax.set_title(key)

@@ -111,7 +111,7 @@ class AudioCache:
 
     def subset(self, keep: np.ndarray) -> AudioCache:
         return AudioCache(self.audio, self.offsets[keep], self.lengths[keep],
-                          [n for n, k in zip(self.names, keep) if k])
+                          [n for n, k in zip(self.names, keep, strict=True) if k])
 
     def random_crops(self, count: int, length: int, generator: torch.Generator,
                      gain_db: tuple[float, float] = (-12.0, 0.0), silence: float = 1e-3,

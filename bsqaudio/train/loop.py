@@ -364,7 +364,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
         if e.dtype.is_floating_point:
             e.mul_(decay).add_(m.detach(), alpha=1 - decay)
         else:

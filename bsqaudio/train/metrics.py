@@ -21,7 +21,7 @@ def code_usage(indices_bn: torch.Tensor, rows_b: torch.Tensor, grid_freq: int,
                code_bits: int) -> dict[str, float | list[float]]:
     """Bit balance per bit, distinct codes per window and perplexity over real-audio patches."""
     per_window, used = [], []
-    for indices, rows in zip(indices_bn, rows_b.tolist()):
+    for indices, rows in zip(indices_bn, rows_b.tolist(), strict=True):
         real = indices[: rows * grid_freq]
         used.append(real)
         per_window.append(real.unique().numel() / max(1, real.numel()))
