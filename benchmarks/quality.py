@@ -24,11 +24,12 @@ Systems
                 Opus headers included) / duration.
 
 Alignment (identical for every system, bsqaudio included): the decoded signal is shifted by the lag
-that best matches the reference, searched over +-50 ms in two steps: (1) the lag maximizing the
-correlation of the log short-time energy envelopes (5 ms moving average; insensitive to phase, so
-it works for Codec2 and Griffin-Lim, whose waveforms are not phase-coherent with the reference),
-then (2) a refinement within +-1 ms of it maximizing the waveform cross-correlation (sample-exact
-for waveform codecs such as Opus). The shifted signal is zero-padded / trimmed to the reference's
+that best matches the reference, searched over +-50 ms in two steps: (1) in 1 ms steps, the lag
+maximizing the cross-correlation of the log power spectrograms (256-point FFT, 1 ms hop, floored
+60 dB below the peak, each bin's mean removed, summed over bins); this ignores phase, so it works
+for Codec2 and Griffin-Lim, whose waveforms are not phase-coherent with the reference; then (2) a
+refinement within +-1 ms of it maximizing the waveform cross-correlation (sample-exact for waveform
+codecs such as Opus). The shifted signal is zero-padded / trimmed to the reference's
 length, so the reference is never modified. The lag found is stored per file and system.
 
 Bitrates in the tables are total bits / total seconds over the files of the table (file headers
@@ -65,7 +66,9 @@ ALL_SYSTEMS = (("bsqaudio", "oracle-gl") + tuple(f"codec2-{m}" for m in CODEC2_M
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au"}
 MAX_LAG_S = 0.050
 REFINE_LAG_S = 0.001
-ENVELOPE_S = 0.005
+ENVELOPE_FFT = 256
+ENVELOPE_HOP = 16  # 1 ms
+ENVELOPE_FLOOR_DB = 60.0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -95,7 +98,8 @@ def collect_inputs(inputs: list[str], split: str | None, kind: str) -> list[dict
             for line in path.read_text().splitlines():
                 if line.strip() and not line.startswith("#"):
                     audio = Path(line.strip()).resolve()
-                    items.setdefault(audio, {"path": audio, "kind": "unlabelled", "name": line.strip()})
+                    items.setdefault(audio, {"path": audio, "kind": "unlabelled",
+                                             "name": line.strip()})
         elif path.exists():
             items.setdefault(path.resolve(), {"path": path.resolve(), "kind": "unlabelled",
                                               "name": str(path)})
@@ -109,12 +113,29 @@ def collect_inputs(inputs: list[str], split: str | None, kind: str) -> list[dict
 
 # --------------------------------------------------------------------------- alignment
 
-def _envelope(x: torch.Tensor) -> torch.Tensor:
-    width = max(1, int(ENVELOPE_S * RATE))
-    energy = torch.nn.functional.avg_pool1d((x.double() ** 2)[None, None], width, 1,
-                                            padding=width // 2, count_include_pad=True)[0, 0]
-    env = torch.log(energy[: x.shape[0]] + 1e-8)
-    return env - env.mean()
+def _spectral_envelope(x: torch.Tensor) -> torch.Tensor:
+    """(bins, frames) log power spectrogram (256-point FFT, 1 ms hop), floored 60 dB below its peak,
+    each bin's mean removed."""
+    window = torch.hann_window(ENVELOPE_FFT)
+    power = torch.stft(x.float(), ENVELOPE_FFT, ENVELOPE_HOP, window=window,
+                       return_complex=True).abs() ** 2
+    db = 10 * torch.log10(power + 1e-12)
+    db = torch.maximum(db, db.max() - ENVELOPE_FLOOR_DB)
+    return db - db.mean(dim=1, keepdim=True)
+
+
+def _envelope_lag(reference: torch.Tensor, decoded: torch.Tensor, max_lag: int) -> int:
+    """The lag (a multiple of ENVELOPE_HOP samples) maximizing the correlation of the two spectral
+    envelopes summed over bins."""
+    a, b = _spectral_envelope(reference), _spectral_envelope(decoded)
+    n = min(a.shape[1], b.shape[1])
+    a, b = a[:, :n], b[:, :n]
+    size = 1 << (2 * n - 1).bit_length()
+    spec = (torch.fft.rfft(b, size) * torch.conj(torch.fft.rfft(a, size))).sum(0)
+    full = torch.fft.irfft(spec, size)  # full[k mod size] = sum_bins sum_t a[t] b[t + k]
+    steps = max_lag // ENVELOPE_HOP
+    lags = torch.arange(-steps, steps + 1)
+    return int(lags[int(torch.argmax(full[lags % size]))]) * ENVELOPE_HOP
 
 
 def _xcorr(a: torch.Tensor, b: torch.Tensor, lags: range) -> np.ndarray:
@@ -130,26 +151,13 @@ def _xcorr(a: torch.Tensor, b: torch.Tensor, lags: range) -> np.ndarray:
     return out
 
 
-def _xcorr_fft(a: torch.Tensor, b: torch.Tensor, max_lag: int) -> np.ndarray:
-    """Same as _xcorr over range(-max_lag, max_lag + 1), via FFT (for long signals)."""
-    a, b = a.double(), b.double()
-    n = min(a.shape[0], b.shape[0])
-    a, b = a[:n], b[:n]
-    size = 1 << (2 * n - 1).bit_length()
-    spec = torch.fft.rfft(b, size) * torch.conj(torch.fft.rfft(a, size))
-    full = torch.fft.irfft(spec, size)  # full[lag mod size] = sum a[t] b[t + lag]
-    lags = torch.arange(-max_lag, max_lag + 1)
-    return full[lags % size].numpy()
-
-
 def find_lag(reference: torch.Tensor, decoded: torch.Tensor) -> int:
     """Delay of ``decoded`` relative to ``reference`` in samples (positive: decoded is late)."""
     max_lag = int(MAX_LAG_S * RATE)
     refine = int(REFINE_LAG_S * RATE)
     if min(reference.shape[0], decoded.shape[0]) <= 2 * max_lag:
         return 0
-    coarse = _xcorr_fft(_envelope(reference), _envelope(decoded), max_lag)
-    lag = int(np.argmax(coarse)) - max_lag
+    lag = _envelope_lag(reference, decoded, max_lag)
     low, high = max(-max_lag, lag - refine), min(max_lag, lag + refine)
     fine = _xcorr(reference, decoded, range(low, high + 1))
     if np.all(fine == 0):
@@ -287,19 +295,22 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
         s: dict = {"files_ok": len(ok),
                    "errors": sum(1 for r in rows if "error" in r["systems"].get(name, {}))}
         for key in METRIC_KEYS:
-            values = [r["systems"][name][key] for r in ok if r["systems"][name].get(key) is not None]
+            values = [r["systems"][name][key] for r in ok
+                      if r["systems"][name].get(key) is not None]
             s[key] = sum(values) / len(values) if values else None
             s[f"{key}_n"] = len(values)
         bits = [r["systems"][name]["bits"] for r in ok]
         seconds = sum(r["duration_s"] for r in ok)
         if ok and all(b is not None for b in bits) and seconds > 0:
             s["bitrate_bps"] = sum(bits) / seconds
-            s["mean_file_bitrate_bps"] = sum(r["systems"][name]["bitrate_bps"] for r in ok) / len(ok)
+            per_file = [r["systems"][name]["bitrate_bps"] for r in ok]
+            s["mean_file_bitrate_bps"] = sum(per_file) / len(per_file)
         else:
             s["bitrate_bps"] = s["mean_file_bitrate_bps"] = None
         codes = [r["systems"][name].get("code_bitrate_bps") for r in ok]
         if codes and all(c is not None for c in codes):
-            s["code_bitrate_bps"] = sum(c * r["duration_s"] for c, r in zip(codes, ok)) / seconds
+            weighted = sum(c * r["duration_s"] for c, r in zip(codes, ok, strict=True))
+            s["code_bitrate_bps"] = weighted / seconds
         lags = [r["systems"][name]["lag_samples"] for r in ok]
         s["median_lag_ms"] = float(np.median(lags)) / RATE * 1000 if lags else None
         s["codec_seconds"] = sum(r["systems"][name]["codec_seconds"] for r in ok)
@@ -307,9 +318,28 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
     return out
 
 
-def target_check(summary: dict) -> dict | None:
+def paired(rows: list[dict], key: str, system: str, other: str, higher_is_better: bool,
+           resamples: int = 5000) -> dict | None:
+    """Per-file advantage of ``system`` over ``other`` on ``key`` (positive: ``system`` better):
+    its mean, a seeded bootstrap 95% interval of the mean, and the number of files it wins."""
+    diffs = []
+    for r in rows:
+        a, b = r["systems"].get(system, {}), r["systems"].get(other, {})
+        if a.get(key) is not None and b.get(key) is not None:
+            diffs.append((a[key] - b[key]) * (1 if higher_is_better else -1))
+    if not diffs:
+        return None
+    d = np.asarray(diffs)
+    rng = np.random.default_rng(0)
+    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"n": len(d), "mean_advantage": float(d.mean()), "ci95": [float(low), float(high)],
+            "wins": int((d > 0).sum())}
+
+
+def target_check(summary: dict, rows: list[dict]) -> dict | None:
     """The speech goal: at <= 1.8 kbit/s, STOI and PESQ-WB above Codec2 1200's and MR-STFT
-    distance below Codec2 3200's."""
+    distance below Codec2 3200's (means over files), with paired per-file statistics."""
     s = summary["systems"]
     if not all(k in s for k in ("bsqaudio", "codec2-1200", "codec2-3200")):
         return None
@@ -330,6 +360,9 @@ def target_check(summary: dict) -> dict | None:
         "values": {"bsqaudio": {k: b[k] for k in ("stoi", "pesq_wb", "mrstft")},
                    "codec2-1200": {k: c12[k] for k in ("stoi", "pesq_wb")},
                    "codec2-3200": {"mrstft": c32["mrstft"]}},
+        "paired": {"stoi": paired(rows, "stoi", "bsqaudio", "codec2-1200", True),
+                   "pesq_wb": paired(rows, "pesq_wb", "bsqaudio", "codec2-1200", True),
+                   "mrstft": paired(rows, "mrstft", "bsqaudio", "codec2-3200", False)},
     }
 
 
@@ -385,7 +418,8 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu_model": model, "nproc": os.cpu_count(),
-            "nproc_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "nproc_available": (len(os.sched_getaffinity(0))
+                                if hasattr(os, "sched_getaffinity") else None),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(),
             "opusenc": version(["opusenc", "--version"]), "codec2_deb": codec2}
@@ -400,19 +434,30 @@ def _write_json(path: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="manifest.jsonl, audio files, folders, .txt lists")
+    parser.add_argument("inputs", nargs="*",
+                        help="manifest.jsonl, audio files, folders, .txt lists")
     parser.add_argument("--split", default=None, help="manifest split to use (e.g. val)")
     parser.add_argument("--kind", default="all", help="speech, music or all (manifest 'kind')")
     parser.add_argument("--limit", type=int, default=None, help="at most N files per kind")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="score only the first S seconds of every file")
     parser.add_argument("--music-max-seconds", type=float, default=60.0,
-                        help="score only the first S seconds of music files (default 60; 0: all)")
+                        help="score only the first S seconds of music files "
+                             "(default 60; 0: whole files)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS),
                         help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here "
                         "(rewritten after every file)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="do not evaluate: re-summarize and print a report written by --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        report["summary"] = {}
+        finish(report)
+        return 0
+    if not args.inputs:
+        parser.error("give a manifest, audio files or folders (or --from-json)")
 
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in names if s not in ALL_SYSTEMS]
@@ -451,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": {"max_seconds": args.max_seconds,
                      "music_max_seconds": args.music_max_seconds or None,
-                     "alignment": f"envelope xcorr +-{MAX_LAG_S * 1000:.0f} ms, waveform refine "
-                                  f"+-{REFINE_LAG_S * 1000:.0f} ms, same for all systems",
+                     "alignment": f"log-spectrogram xcorr +-{MAX_LAG_S * 1000:.0f} ms in 1 ms "
+                                  f"steps, waveform xcorr refine +-{REFINE_LAG_S * 1000:.0f} ms, "
+                                  "same for all systems",
                      "griffin_lim_iterations": systems.codec.griffin_lim_iterations,
                      "systems": names},
         "complete": False, "files": [], "summary": {},
@@ -482,6 +528,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.json and (index % 5 == 0 or index == len(items)):
             _write_json(args.json, report)
 
+    report["complete"] = True
+    report["wall_seconds"] = time.perf_counter() - t0
+    finish(report)
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def finish(report: dict) -> None:
+    """Summarize ``report`` per kind (into report["summary"]) and print the tables."""
+    names = report["settings"]["systems"]
+    settings = report["settings"]
     good = [r for r in report["files"] if "error" not in r]
     kinds = sorted({r["kind"] for r in good}, key=lambda k: (k != "speech", k))
     tables = []
@@ -489,31 +547,30 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in good if r["kind"] == kind]
         summary = summarize(rows, names)
         if kind == "speech":
-            summary["target"] = target_check(summary)
+            summary["target"] = target_check(summary, rows)
         report["summary"][kind] = summary
         trunc = [r for r in rows if r["truncated"]]
         title = (f"{kind}: {len(rows)} files, {summary['seconds_of_audio']:.1f} s of audio")
         if trunc:
-            title += (f"; {len(trunc)} files truncated to their first "
-                      f"{args.music_max_seconds if kind == 'music' else args.max_seconds:g} s")
+            cap = settings["max_seconds"]
+            if kind == "music" and settings["music_max_seconds"]:
+                cap = min(cap or math.inf, settings["music_max_seconds"])
+            title += f"; {len(trunc)} files truncated to their first {cap:g} s"
         if kind == "speech":
             title += " (the table that matters for STOI and PESQ-WB)"
         elif kind == "music":
             title += " (STOI and PESQ-WB are speech measures: shown for completeness only)"
         tables.append(render_table(title, summary, names))
-    report["complete"] = True
-    report["wall_seconds"] = time.perf_counter() - t0
     report["file_errors"] = [r for r in report["files"] if "error" in r]
-    if args.json:
-        _write_json(args.json, report)
 
     m = report["machine"]
     print(f"bsqaudio {report['bsqaudio_version']}, model {report['model']} "
           f"({report['model_hash']}); {m['cpu_model']}, nproc {m['nproc']}; "
-          f"{report['date_utc']}; wall {report['wall_seconds']:.0f} s")
-    print("bit/s = file size x 8 / duration, totals over the table's files (bsqaudio: .bsq file "
-          "with header; codes = token bitrate). Alignment: envelope cross-correlation over +-50 ms "
-          "refined by waveform cross-correlation over +-1 ms, identical for every system.\n")
+          f"{report['date_utc']}; wall {report.get('wall_seconds', 0):.0f} s")
+    print("bit/s = file size x 8 / duration, totals over the table's files (bsqaudio: .bsq "
+          "file with header; codes = token bitrate).\nAlignment: log-spectrogram "
+          "cross-correlation over +-50 ms refined by waveform cross-correlation over +-1 ms, "
+          "identical for every system.\n")
     print("\n\n".join(tables))
     target = report["summary"].get("speech", {}).get("target")
     if target:
@@ -522,12 +579,21 @@ def main(argv: list[str] | None = None) -> int:
               "MR-STFT below codec2-3200):")
         print(f"  code bitrate <= 1800: {target['code_bitrate_le_1800']}  "
               f"(file bitrate <= 1800: {target['file_bitrate_le_1800']})")
-        print(f"  STOI    {_fmt(v['bsqaudio']['stoi'], 3)} vs {_fmt(v['codec2-1200']['stoi'], 3)}: "
-              f"{target['stoi_above_codec2_1200']}")
-        print(f"  PESQ-WB {_fmt(v['bsqaudio']['pesq_wb'])} vs {_fmt(v['codec2-1200']['pesq_wb'])}: "
-              f"{target['pesq_wb_above_codec2_1200']}")
-        print(f"  MR-STFT {_fmt(v['bsqaudio']['mrstft'], 3)} vs {_fmt(v['codec2-3200']['mrstft'], 3)}: "
-              f"{target['mrstft_below_codec2_3200']}")
+        b, c12, c32 = v["bsqaudio"], v["codec2-1200"], v["codec2-3200"]
+        lines = [("STOI   ", "stoi", b["stoi"], "codec2-1200", c12["stoi"], 3,
+                  target["stoi_above_codec2_1200"]),
+                 ("PESQ-WB", "pesq_wb", b["pesq_wb"], "codec2-1200", c12["pesq_wb"], 2,
+                  target["pesq_wb_above_codec2_1200"]),
+                 ("MR-STFT", "mrstft", b["mrstft"], "codec2-3200", c32["mrstft"], 3,
+                  target["mrstft_below_codec2_3200"])]
+        for label, key, ours, other, theirs, digits, ok in lines:
+            p = target.get("paired", {}).get(key)
+            extra = ""
+            if p:
+                extra = (f"  [paired advantage {p['mean_advantage']:+.{digits + 1}f}, 95% CI "
+                         f"{p['ci95'][0]:+.{digits + 1}f}..{p['ci95'][1]:+.{digits + 1}f}, "
+                         f"better on {p['wins']}/{p['n']} files]")
+            print(f"  {label} {_fmt(ours, digits)} vs {other} {_fmt(theirs, digits)}: {ok}{extra}")
     if report["file_errors"]:
         print(f"\n{len(report['file_errors'])} reference files could not be read: "
               + ", ".join(r["name"] for r in report["file_errors"]))
@@ -535,7 +601,6 @@ def main(argv: list[str] | None = None) -> int:
                      for s in k["systems"].values())
     if sys_errors:
         print(f"{sys_errors} (file, system) pairs failed; see the JSON for the errors")
-    return 0
 
 
 if __name__ == "__main__":

@@ -99,45 +99,180 @@ def output_rate(codes, rate: str) -> int:
     return value
 
 
+FormatOpt = Annotated[str, typer.Option("--format", help="bsq (default), npy (int64 [windows, 512]) or jsonl.")]
+FromOpt = Annotated[Optional[str], typer.Option("--from", help="Read input paths, one a line, from a file or -.")]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out-dir", help="Output folder; mirrors the input tree.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")]
+GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="File-name pattern inside folders, e.g. '*.flac'.")]
+SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave outputs that already exist (resume a run).")]
+ErrorsOpt = Annotated[Optional[Path], typer.Option("--errors", help="Write failures as JSON lines here.")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="K/N: take a deterministic 1/N of the inputs "
+                                                 "(default under torchrun: RANK/WORLD_SIZE).")]
+
+
+def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str | None, shard: str | None,
+               suffixes=None):
+    import os
+
+    from bsqaudio import batch
+
+    items = list(sources) + (batch.read_path_list(from_) if from_ else [])
+    jobs = batch.gather(items, recursive, glob, **({"suffixes": suffixes} if suffixes else {}))
+    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        shard = f"{os.environ.get('RANK', '0')}/{os.environ['WORLD_SIZE']}"
+    if shard is not None:
+        jobs = batch.take_shard(jobs, *batch.parse_shard(shard))
+    return jobs
+
+
+def rank_device(device: str) -> str:
+    """Under torchrun each rank takes its own GPU (LOCAL_RANK) when the device is auto."""
+    import os
+
+    import torch
+
+    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def finish_batch(summary, errors: Path | None) -> None:
+    from bsqaudio import batch
+
+    if errors is not None:
+        batch.write_errors(errors, summary.errors)
+    speed = summary.seconds_of_audio / summary.wall_s if summary.wall_s else 0.0
+    err_console.print(
+        f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed; "
+        f"{summary.seconds_of_audio / 3600:.3f} h of audio, {summary.tokens:,} tokens, "
+        f"{summary.wall_s:.1f} s wall, {speed:.1f} audio-s/s", highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def report_event(kind: str, job, detail: str) -> None:
+    if kind == "failed":
+        err_console.print(f"bsqaudio: failed {detail}", highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command(epilog="Examples:\n\n  bsqaudio encode song.wav -o song.bsq\n\n"
-                    "  cat a.wav | bsqaudio encode - -o - > a.bsq")
+                    "  cat a.wav | bsqaudio encode - -o - > a.bsq\n\n"
+                    "  bsqaudio encode corpus/ --out-dir tokens/ --format npy --skip-existing\n\n"
+                    "  find corpus -name '*.flac' | bsqaudio encode --from - --out-dir tokens/\n\n"
+                    "  bsqaudio encode corpus/ --format jsonl -o tokens.jsonl --shard 0/4")
 def encode(
-    source: Annotated[str, typer.Argument(help="Audio file (wav, flac, ogg, mp3...) or - for stdin.")],
-    output: Annotated[str, typer.Option("--output", "-o", help=".bsq file, or - for stdout.")],
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        help="Audio files (wav, flac, ogg, mp3...), folders, or - for stdin.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Output file (one input), or - for stdout; the jsonl file in batch mode.")] = None,
+    out_dir: OutDirOpt = None, from_: FromOpt = None, fmt: FormatOpt = "bsq",
+    recursive: RecursiveOpt = True, glob: GlobOpt = None, skip_existing: SkipOpt = False,
+    errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
 ) -> None:
-    """Tokenize an audio file into a .bsq file."""
+    """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
+    from bsqaudio import batch
     from bsqaudio.bitstream import write_bsq
 
+    sources = sources or []
+    if fmt not in batch.FORMATS:
+        fail(f"--format must be one of {', '.join(batch.FORMATS)}")
+    single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
+    if single:
+        if output is None:
+            fail("give an output file with -o (or - for stdout), or --out-dir for many files")
+        check_output(output, force)
+        codec = load_codec(model, revision, rank_device(device), batch_size)
+        with progress_bar(not quiet, "encoding") as progress:
+            codes = codec.encode_file(sources[0], progress=progress)
+        job = batch.Job(Path(sources[0]), Path(sources[0]))
+        payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: batch.npy_bytes(codes),
+                   "jsonl": lambda: (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode()}[fmt]()
+        write_output(output, payload)
+        return
+    if not sources and from_ is None:
+        fail("no inputs: give files or folders, or --from LIST")
+    if fmt != "jsonl" and out_dir is None:
+        fail(f"many inputs need --out-dir for --format {fmt}")
+    jobs = batch_jobs(sources, from_, recursive, glob, shard)
+    codec = load_codec(model, revision, rank_device(device), batch_size)
+    jsonl_out = None
+    if fmt == "jsonl":
+        jsonl_out = sys.stdout if output in (None, "-") else open(output, "w")  # noqa: SIM115
+    try:
+        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out, skip_existing, report_event)
+    finally:
+        if jsonl_out not in (None, sys.stdout):
+            jsonl_out.close()
+    finish_batch(summary, errors)
+
+
+@app.command(epilog="Examples:\n\n  bsqaudio tokens song.bsq\n\n  bsqaudio tokens song.bsq --format npy -o song.npy")
+def tokens(
+    source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (default) or npy.")] = "jsonl",
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file, or - for stdout.")] = "-",
+    force: ForceOpt = False,
+) -> None:
+    """Print a .bsq file's token indices (the same forms as `encode --format`)."""
+    from bsqaudio import batch
+    from bsqaudio.bitstream import load_bsq
+
+    if fmt not in ("jsonl", "npy"):
+        fail("--format must be jsonl or npy")
     check_output(output, force)
-    codec = load_codec(model, revision, device, batch_size)
-    with progress_bar(not quiet, "encoding") as progress:
-        codes = codec.encode_file(source, progress=progress)
-    write_output(output, write_bsq(codes))
+    codes = load_bsq(source)
+    job = batch.Job(Path(source), Path(source))
+    payload = (batch.npy_bytes(codes) if fmt == "npy"
+               else (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode())
+    write_output(output, payload)
 
 
 @app.command(epilog="Examples:\n\n  bsqaudio decode song.bsq -o out.wav\n\n"
-                    "  bsqaudio decode song.bsq -o out.flac --rate source")
+                    "  bsqaudio decode song.bsq -o out.flac --rate source\n\n"
+                    "  bsqaudio decode tokens/ --out-dir audio/ --audio-format flac")
 def decode(
-    source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Audio file (.wav, .flac, .ogg) or - (WAV on stdout).")],
+    sources: Annotated[Optional[list[str]], typer.Argument(help=".bsq files, folders, or - for stdin.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Audio file (.wav, .flac, .ogg) or - (WAV on stdout).")] = None,
     rate: Annotated[str, typer.Option(
         help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
+    out_dir: OutDirOpt = None, from_: FromOpt = None,
+    audio_format: Annotated[str, typer.Option(help="wav, flac or ogg, for --out-dir.")] = "wav",
+    recursive: RecursiveOpt = True, skip_existing: SkipOpt = False, errors: ErrorsOpt = None,
+    shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
 ) -> None:
-    """Turn a .bsq file back into audio."""
+    """Turn .bsq files back into audio: one into a file, or many into a folder."""
+    from bsqaudio import batch
     from bsqaudio.audio import write_audio
     from bsqaudio.bitstream import load_bsq
 
-    check_output(output, force)
-    codes = load_bsq(source)
-    sample_rate = output_rate(codes, rate)
-    codec = load_codec(model, revision, device, batch_size)
-    with progress_bar(not quiet, "decoding") as progress:
-        wave = codec.decode(codes, sample_rate, progress=progress)
-    write_audio(output, wave, sample_rate)
+    sources = sources or []
+    single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
+    if single:
+        if output is None:
+            fail("give an output file with -o (or - for stdout), or --out-dir for many files")
+        check_output(output, force)
+        codes = load_bsq(sources[0])
+        sample_rate = output_rate(codes, rate)
+        codec = load_codec(model, revision, rank_device(device), batch_size)
+        with progress_bar(not quiet, "decoding") as progress:
+            wave = codec.decode(codes, sample_rate, progress=progress)
+        write_audio(output, wave, sample_rate)
+        return
+    if out_dir is None:
+        fail("many inputs need --out-dir")
+    if audio_format not in ("wav", "flac", "ogg"):
+        fail("--audio-format must be wav, flac or ogg")
+    if rate not in ("model", "source"):
+        output_rate(None, rate)  # validates a number
+    jobs = batch_jobs(sources, from_, recursive, None, shard, suffixes=(".bsq",))
+    codec = load_codec(model, revision, rank_device(device), batch_size)
+    summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, report_event)
+    finish_batch(summary, errors)
 
 
 @app.command(epilog="Example:\n\n  bsqaudio roundtrip speech.wav -o out.wav --plot compare.png")
