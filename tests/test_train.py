@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -29,8 +28,8 @@ from bsqaudio.errors import BsqAudioError
 from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
-from bsqaudio.train.losses import spec_augment
 from bsqaudio.train.loop import TrainSettings, learning_rate, train
+from bsqaudio.train.losses import spec_augment
 
 RATE = 16000
 BSQAUDIO = shutil.which("bsqaudio")
@@ -103,10 +102,11 @@ def cli_env(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, corpus) -> tuple[Path, TrainSettings]:
-    """``tiny`` trained for 100 steps (about 30 s), validated every 50, exported at the end."""
+    """``tiny`` trained for 30 steps of 2 windows (10-40 s), validated every 15, exported at the
+    end. The validation mel MSE falls from about 460 to about 160 dB^2 by step 20 (seeds 0-3)."""
     out = tmp_path_factory.mktemp("trained")
-    s = settings(out, corpus, steps=100, batch_size=4, lr=2e-3, warmup=20, val_every=50,
-                 log_every=25, checkpoint_every=50)
+    s = settings(out, corpus, steps=30, batch_size=2, lr=3e-3, warmup=10, val_every=15,
+                 log_every=10, checkpoint_every=15)
     train(s)
     return out, s
 
@@ -114,7 +114,7 @@ def trained_run(tmp_path_factory, corpus) -> tuple[Path, TrainSettings]:
 def test_training_halves_the_validation_mel_error(trained_run):
     out, _ = trained_run
     val = records(out, "val")
-    assert [r["step"] for r in val] == [0, 50, 100]
+    assert [r["step"] for r in val] == [0, 15, 30]
     first, last = val[0]["mel_mse_db"], val[-1]["mel_mse_db"]
     assert last <= 0.5 * first, [r["mel_mse_db"] for r in val]
     assert all(math.isfinite(r["mel_mse_db"]) and math.isfinite(r["perplexity"]) for r in val)
@@ -123,7 +123,7 @@ def test_training_halves_the_validation_mel_error(trained_run):
 def test_logged_learning_rate_follows_the_schedule(trained_run):
     out, s = trained_run
     logged = records(out, "train")
-    assert [r["step"] for r in logged] == [25, 50, 75, 100]
+    assert [r["step"] for r in logged] == [10, 20, 30]
     for r in logged:  # the record of step n holds the rate used for update n (index n - 1)
         assert r["lr"] == pytest.approx(learning_rate(s, r["step"] - 1, 1), rel=1e-12)
         assert math.isfinite(r["recon"]) and math.isfinite(r["grad_norm"])
@@ -134,7 +134,7 @@ def test_run_writes_one_checkpoint_and_an_export_of_the_ema(trained_run):
     assert sorted(p.name for p in out.iterdir()) == ["cache", "checkpoint", "export",
                                                       "metrics.jsonl"]
     meta = json.loads((out / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == 100 and meta["config"]["name"] == "bsqaudio-tiny"
+    assert meta["step"] == 30 and meta["config"]["name"] == "bsqaudio-tiny"
     ema = load_file(str(out / "checkpoint" / "ema.safetensors"))
     exported = load_file(str(out / "export" / "model.safetensors"))
     assert ema.keys() == exported.keys()
@@ -186,6 +186,8 @@ def stop_after(monkeypatch, updates: int) -> None:
         real(ema, model, decay)
         count["n"] += 1
         if count["n"] == updates:
+            # Never kill the test session itself if the loop forgot its handler.
+            assert callable(signal.getsignal(signal.SIGTERM)), "the loop handles no SIGTERM"
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(loop, "update_ema", counting)
@@ -349,7 +351,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
 
     marker = tmp_path / "code-ran"
     torch.save({"optimizer": Payload(marker), "generators": []}, folder / "trainer.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(BsqAudioError, match="not a valid bsqaudio trainer state"):
         load_checkpoint(folder, AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny")))
     assert not marker.exists()
     # The same file does run code under a plain pickle load: the refusal is what protects us.
@@ -413,8 +415,8 @@ def test_the_loss_target_is_the_clean_spectrogram(tmp_path, corpus, monkeypatch)
     monkeypatch.setattr(AudioBSQ, "forward", spy_forward)
     train(settings(tmp_path / "run", corpus, steps=2))
     assert len(seen["target"]) == len(seen["augmented"]) == len(seen["model_in"]) == 2
-    for clean, augmented, model_in, target in zip(*(seen[k] for k in
-                                                     ("clean", "augmented", "model_in", "target"))):
+    names = ("clean", "augmented", "model_in", "target")
+    for clean, augmented, model_in, target in zip(*(seen[k] for k in names), strict=True):
         assert torch.equal(model_in, augmented)
         assert torch.equal(target, clean)
         assert not torch.equal(augmented, clean)
@@ -430,7 +432,7 @@ def test_learning_rate_warmup_and_cosine():
     assert learning_rate(s, 1000, 1) == pytest.approx(1e-4)
     assert learning_rate(s, 5000, 1) == pytest.approx(1e-4)  # past the end: the floor
     values = [learning_rate(s, i, 1) for i in range(100, 1001)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert learning_rate(s, 300, 8) == learning_rate(s, 300, 1)  # --lr ignores the world size
 
 
@@ -440,3 +442,13 @@ def test_lr_per_sample_scales_with_the_global_batch():
     assert learning_rate(s, 0, 1) == pytest.approx(4e-7 * 64)
     assert learning_rate(s, 0, 8) == pytest.approx(4e-7 * 32 * 2 * 8)
     assert learning_rate(s, 1000, 8) == pytest.approx(4e-7 * 512 * 0.1)
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    from bsqaudio.train.loop import drop_metrics_after
+
+    path = tmp_path / "metrics.jsonl"
+    records = [{"kind": "val", "step": 0}] + [{"kind": "train", "step": s} for s in (10, 20, 30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    drop_metrics_after(path, 20)  # killed at 30, last checkpoint at 20
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 10, 20]

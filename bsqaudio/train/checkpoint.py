@@ -7,6 +7,7 @@ checkpoint or the new one, never a mix.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,13 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) 
             raise BsqAudioError(f"{folder}: no checkpoint to resume from")
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
-    trainer_state = torch.load(folder / "trainer.pt", weights_only=True, map_location="cpu")
+    try:
+        trainer_state = torch.load(folder / "trainer.pt", weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        # weights_only refuses anything but tensors and plain containers: a tampered or corrupt
+        # file ends here instead of running code.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BsqAudioError(f"{folder / 'trainer.pt'}: not a valid bsqaudio trainer state ({first})") from None
     return trainer_state, json.loads((folder / "meta.json").read_text())
 
 

@@ -227,12 +227,18 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     if resume:
         trainer_state, meta = load_checkpoint(ckpt_dir, core, ema)
         optimizer.load_state_dict(trainer_state["optimizer"])
-        generator.set_state(trainer_state["generators"][run.rank])
+        states = trainer_state["generators"]
+        if run.rank < len(states):
+            generator.set_state(states[run.rank])
+        else:  # more ranks than the checkpoint was saved with: a fresh, reproducible stream
+            generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
         if disc is not None and "disc" in trainer_state:
             disc.load_state_dict(trainer_state["disc"])
             disc_opt.load_state_dict(trainer_state["disc_optimizer"])
         step = meta["step"]
         run.log(f"resumed from step {step}")
+        if run.is_main:
+            drop_metrics_after(run.out / "metrics.jsonl", step)
 
     segment = config.window_samples - config.hop_length + config.n_fft
     val_wave, val_len = val_cache.first_crops(segment, s.val_windows)
@@ -360,6 +366,18 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     elif stop.stop:
         run.log(f"stopped at step {step}; continue with --resume")
     return last
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """A run killed after its last checkpoint logged steps that the resumed run repeats: drop
+    them so each step appears once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
