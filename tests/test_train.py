@@ -452,3 +452,18 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     drop_metrics_after(path, 20)  # killed at 30, last checkpoint at 20
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 10, 20]
+
+
+def test_discriminator_with_accumulation_and_l1_trains_and_resumes(tmp_path, corpus):
+    run = tmp_path / "gan"
+    s = settings(run, corpus, steps=4, discriminator=True, disc_start=2, grad_accum=2, loss="l1",
+                 log_every=1, checkpoint_every=2)
+    train(s)
+    logged = records(run, "train")
+    assert [r["gan"] != 0.0 for r in logged] == [False, False, True, True]  # starts at disc_start
+    assert all(math.isfinite(r["disc"]) for r in logged)
+    state = torch.load(run / "checkpoint" / "trainer.pt", weights_only=True)
+    assert {"disc", "disc_optimizer"} <= set(state)
+    train(settings(run, corpus, steps=6, discriminator=True, disc_start=2, grad_accum=2, loss="l1",
+                   log_every=1, checkpoint_every=2), resume=True)
+    assert [r["step"] for r in records(run, "train")] == [1, 2, 3, 4, 5, 6]

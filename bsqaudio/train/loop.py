@@ -315,7 +315,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                             gan = hinge_generator_loss(fake_logits.float())
                             weight = adaptive_weight(recon, gan, head) * s.disc_weight
                             total = total + weight * gan
-                            logs["gan"] += float(gan) / s.grad_accum
+                            logs["gan"] += float(gan.detach()) / s.grad_accum
                         (total / s.grad_accum).backward()
                     if use_gan:
                         with autocast:
