@@ -322,7 +322,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                             d_loss = hinge_discriminator_loss(disc(target).float(),
                                                               disc(out.reconstruction.detach()).float())
                         (d_loss / s.grad_accum).backward()
-                        logs["disc"] += float(d_loss) / s.grad_accum
+                        logs["disc"] += float(d_loss.detach()) / s.grad_accum
                     logs["recon"] += float(recon.detach()) / s.grad_accum
                     logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
                 grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
