@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,6 +59,101 @@ def read_audio(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
     if not np.isfinite(data).all():
         raise BsqAudioError(f"{name}: contains NaN or infinite samples")
     return np.ascontiguousarray(data.T), int(rate)
+
+
+def open_audio(source: str | Path) -> sf.SoundFile:
+    """Open a file for block reading, with the same checks and messages as ``read_audio``."""
+    name = str(source)
+    path = Path(source)
+    if not path.exists():
+        raise BsqAudioError(f"{name}: no such file")
+    if path.is_dir():
+        raise BsqAudioError(f"{name}: is a directory, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise BsqAudioError(f"{name}: permission denied")
+    if path.stat().st_size == 0:
+        raise BsqAudioError(f"{name}: empty file")
+    try:
+        return sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise BsqAudioError(f"{name}: not a readable audio file ({_short(err)})") from None
+
+
+def sf_frames(source: str | Path) -> int:
+    """The frame count libsndfile reports (exact for most formats, an estimate for some)."""
+    try:
+        return int(sf.info(str(source)).frames)
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return 0
+
+
+def stream_mono(source: str | Path, rate: int, block_seconds: float = 20.0
+                ) -> tuple[Iterator[torch.Tensor], int, int]:
+    """Read a file block by block, downmix and resample -> (iterator of (T,) float32 chunks at
+    ``rate``, source rate, source channels). Memory stays flat whatever the file's length; the
+    chunks join into exactly what ``load_mono`` returns (up to float rounding)."""
+    handle = open_audio(source)
+    source_rate, channels = int(handle.samplerate), int(handle.channels)
+
+    def blocks() -> Iterator[torch.Tensor]:
+        total = 0
+        with handle:
+            while True:
+                try:
+                    data = handle.read(max(1, int(block_seconds * source_rate)), dtype="float32",
+                                       always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as err:
+                    raise BsqAudioError(f"{source}: unreadable audio data ({_short(err)})") from None
+                if data.shape[0] == 0:
+                    break
+                if not np.isfinite(data).all():
+                    raise BsqAudioError(f"{source}: contains NaN or infinite samples")
+                total += data.shape[0]
+                yield to_mono(data.T)
+        if total == 0:
+            raise BsqAudioError(f"{source}: contains no audio samples")
+
+    return resample_stream(blocks(), source_rate, rate), source_rate, channels
+
+
+def resample_stream(chunks: Iterable[torch.Tensor], rate_from: int, rate_to: int
+                    ) -> Iterator[torch.Tensor]:
+    """Resample a signal given in chunks, block by block, with the result of ``resample`` on the
+    whole signal: blocks start on multiples of the reduced input period (so output samples stay
+    on the same grid) and carry enough real context on both sides to cover torchaudio's kernel."""
+    if rate_from == rate_to:
+        yield from chunks
+        return
+    g = math.gcd(rate_from, rate_to)
+    period_in, period_out = rate_from // g, rate_to // g
+    # torchaudio's sinc kernel reaches ``width`` input samples each side (lowpass width 6,
+    # rolloff 0.99, its defaults), plus one input period.
+    width = math.ceil(6 * period_in / (min(period_in, period_out) * 0.99))
+    margin = period_in * (math.ceil((width + period_in) / period_in) + 1)
+    step = period_in * max(1, 32768 // period_in)
+    buffer = torch.zeros(margin)  # left context of the first block: zeros, as torchaudio pads
+    consumed = 0
+    for chunk in chunks:
+        consumed += chunk.shape[0]
+        buffer = torch.cat([buffer, chunk])
+        while buffer.shape[0] >= 2 * margin + step:
+            yield _resample_block(buffer[: 2 * margin + step], margin, step, period_in, period_out)
+            buffer = buffer[step:]
+    remaining = buffer.shape[0] - margin
+    if remaining > 0:
+        step = period_in * math.ceil(remaining / period_in)
+        buffer = torch.nn.functional.pad(buffer, (0, margin + step - remaining))
+        last = _resample_block(buffer, margin, step, period_in, period_out)
+        produced = math.ceil(period_out * consumed / period_in)
+        already = (consumed - remaining) // period_in * period_out
+        yield last[: produced - already]
+
+
+def _resample_block(block: torch.Tensor, margin: int, step: int, period_in: int, period_out: int
+                    ) -> torch.Tensor:
+    out = AF.resample(block, period_in, period_out)
+    lo = margin // period_in * period_out
+    return out[lo: lo + step // period_in * period_out]
 
 
 def _short(err: Exception) -> str:

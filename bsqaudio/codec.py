@@ -8,13 +8,13 @@ every run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from bsqaudio.audio import MelFrontend, load_mono, resample
+from bsqaudio.audio import MelFrontend, load_mono, resample, sf_frames, stream_mono
 from bsqaudio.bitstream import Codes
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import Pretrained, from_pretrained
@@ -60,7 +60,6 @@ class Codec:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def encode(self, waveform: torch.Tensor, sample_rate: int, source_channels: int | None = None,
                progress: Progress | None = None) -> Codes:
         """(T,) or (C, T) audio at ``sample_rate`` -> Codes."""
@@ -76,23 +75,70 @@ class Codec:
             raise BsqAudioError("audio is empty")
         if not torch.isfinite(wave).all():
             raise BsqAudioError("audio contains NaN or infinite samples")
-        c = self.config
-        source_rate = sample_rate
-        wave = resample(wave, sample_rate, c.sample_rate)
-        num_samples = max(1, wave.shape[0])
-        windows = self.frontend.num_windows(num_samples)
-        rows = self.frontend.num_rows(num_samples)
-        all_indices, all_gains = [], []
-        for first in range(0, windows, self.batch_size):
-            count = min(self.batch_size, windows - first)
-            mel, gains = self.frontend.analyze(wave, first, count)
+        wave = resample(wave, sample_rate, self.config.sample_rate)
+        return self.encode_stream([wave], sample_rate, source_channels or channels, progress,
+                                  expected_samples=wave.shape[0])
+
+    def encode_file(self, source: str | Path | BinaryIO, progress: Progress | None = None) -> Codes:
+        """Encode a file; a path is read and resampled block by block, so memory does not grow
+        with its length (stdin and file objects are read whole)."""
+        rate = self.config.sample_rate
+        if isinstance(source, (str, Path)) and str(source) != "-":
+            chunks, source_rate, channels = stream_mono(source, rate)
+            expected = round(sf_frames(source) * rate / source_rate)
+            return self.encode_stream(chunks, source_rate, channels, progress, expected)
+        wave, source_rate, channels = load_mono(source, rate)
+        return self.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
+
+    @torch.inference_mode()
+    def encode_stream(self, chunks: Iterable[torch.Tensor], source_rate: int, source_channels: int,
+                      progress: Progress | None = None, expected_samples: int | None = None) -> Codes:
+        """(T,) chunks of audio at the model's rate -> Codes, holding only a batch of windows.
+
+        A window is analysed as soon as its samples (and half an FFT of context) have arrived,
+        and windows are run through the model ``batch_size`` at a time."""
+        c, frontend = self.config, self.frontend
+        half, span = c.n_fft // 2, c.window_samples - c.hop_length + c.n_fft
+        buffer, buffer_start = torch.zeros(half), -half  # zeros before the start, as analysis pads
+        pending: list[torch.Tensor] = []
+        indices: list[torch.Tensor] = []
+        gains: list[torch.Tensor] = []
+        total = next_window = 0
+        expected_windows = frontend.num_windows(expected_samples) if expected_samples else 0
+
+        def run() -> None:
+            mel, gain = frontend.normalize(frontend.power_mel(torch.stack(pending)))
             with self._autocast():
-                indices = self.model.encode(mel.to(self.device)).indices
-            all_indices.append(indices.cpu())
-            all_gains.append(gains)
+                indices.append(self.model.encode(mel.to(self.device)).indices.cpu())
+            gains.append(gain)
+            pending.clear()
             if progress:
-                progress(first + count, windows)
-        indices = torch.cat(all_indices).view(-1, c.grid_freq)[:rows].clone()
+                done = sum(i.shape[0] for i in indices)
+                progress(done, max(done, expected_windows))
+
+        def cut(window: int) -> None:
+            first = window * c.window_samples - half - buffer_start
+            segment = buffer[first: first + span]
+            pending.append(torch.nn.functional.pad(segment, (0, span - segment.shape[0])))
+            if len(pending) == self.batch_size:
+                run()
+
+        for chunk in chunks:
+            buffer = torch.cat([buffer, chunk.float()])
+            total += chunk.shape[0]
+            while buffer_start + buffer.shape[0] >= next_window * c.window_samples - half + span:
+                cut(next_window)
+                next_window += 1
+            keep = next_window * c.window_samples - half - buffer_start
+            buffer, buffer_start = buffer[keep:], buffer_start + keep
+        if total == 0:
+            raise BsqAudioError("audio is empty")
+        windows = frontend.num_windows(total)
+        for window in range(next_window, windows):
+            cut(window)
+        if pending:
+            run()
+        rows = frontend.num_rows(total)
         header = {
             "model": c.name,
             "model_hash": self.model_hash,
@@ -107,18 +153,12 @@ class Codec:
             "code_bits": c.code_bits,
             "num_windows": windows,
             "num_rows": rows,
-            "num_samples": num_samples,
+            "num_samples": total,
             "source_sample_rate": int(source_rate),
-            "source_channels": int(source_channels or channels),
+            "source_channels": int(source_channels),
         }
-        return Codes(indices=indices, gains_db=torch.cat(all_gains), header=header)
-
-    def encode_file(self, source: str | Path | BinaryIO, progress: Progress | None = None) -> Codes:
-        wave, source_rate, channels = load_mono(source, self.config.sample_rate)
-        codes = self.encode(wave, self.config.sample_rate, source_channels=channels,
-                            progress=progress)
-        codes.header["source_sample_rate"] = source_rate
-        return codes
+        all_indices = torch.cat(indices).view(-1, c.grid_freq)[:rows].clone()
+        return Codes(indices=all_indices, gains_db=torch.cat(gains), header=header)
 
     def check_compatible(self, codes: Codes) -> None:
         h, c = codes.header, self.config
