@@ -197,6 +197,40 @@ def write_audio(destination: str | Path, wave: torch.Tensor, rate: int, fmt: str
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], rate: int) -> None:
+    """Write (T_i,) chunks as they come, to a temporary file renamed into place at the end, so
+    a long decode never holds the whole signal; ``-`` collects them and writes WAV to stdout
+    (a WAV header needs the length, and stdout cannot seek back to write it)."""
+    if str(destination) == "-":
+        write_audio("-", torch.cat(list(chunks)), rate)
+        return
+    path = Path(destination)
+    fmt = path.suffix[1:].upper() or "WAV"
+    if fmt not in sf.available_formats():
+        raise BsqAudioError(f"{path}: unknown output format {fmt!r}; use .wav, .flac or .ogg")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        os.close(fd)
+    except OSError as err:
+        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
+    try:
+        subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+        with sf.SoundFile(tmp, "w", rate, 1, subtype=subtype, format=fmt) as handle:
+            for chunk in chunks:
+                handle.write(chunk.detach().cpu().float().clamp(-1.0, 1.0).numpy())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except (OSError, sf.LibsndfileError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise BsqAudioError(f"{path}: cannot write ({getattr(err, 'strerror', None) or err})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
     """Write to a temporary file in the destination folder, then rename it over ``path``."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -306,6 +340,10 @@ class MelFrontend:
         after the last centre is silent."""
         c = self.config
         frames = power_ft.shape[-1]
+        minimum = c.n_fft // (2 * c.hop_length) + 2  # the STFT's reflect padding needs > n_fft/2 samples
+        if frames < minimum:  # very short audio: add silent frames, then trim
+            padded = torch.nn.functional.pad(power_ft, (0, minimum - frames))
+            return self.griffin_lim(padded, iterations, momentum)[: frames * c.hop_length]
         length = (frames - 1) * c.hop_length
         magnitude = power_ft.sqrt()
         window = self.window.to(power_ft.device)
@@ -357,27 +395,45 @@ class MelFrontend:
 
     def synthesize(self, power_tf: torch.Tensor, block_frames: int = 1024, overlap: int = 32,
                    iterations: int = 32) -> torch.Tensor:
-        """(T, n_mels) mel power -> (T * hop,) audio, inverted block by block.
+        """(T, n_mels) mel power -> (T * hop,) audio; see ``synthesize_stream``."""
+        return torch.cat(list(self.synthesize_stream([power_tf], block_frames, overlap, iterations)))
 
-        Each block is inverted with ``overlap`` frames of context on both sides and the blocks are
-        cross-faded over ``overlap`` frames, so memory depends on the block, not the file."""
+    def synthesize_stream(self, power_chunks: Iterable[torch.Tensor], block_frames: int = 1024,
+                          overlap: int = 32, iterations: int = 32) -> Iterator[torch.Tensor]:
+        """(T_i, n_mels) mel power chunks -> audio chunks, T * hop samples in all.
+
+        Each block of ``block_frames`` is inverted with ``overlap`` frames of context on both
+        sides, and consecutive blocks are cross-faded over ``overlap`` frames; only a block and
+        its context are held, so memory does not grow with the length of the audio."""
         hop = self.config.hop_length
-        frames = power_tf.shape[0]
-        out = torch.zeros(frames * hop)
         fade = overlap * hop
         ramp = torch.linspace(0.0, 1.0, fade + 2)[1:-1]
-        for start in range(0, frames, block_frames):
-            lo = max(start - overlap, 0)
-            hi = min(start + block_frames + overlap, frames)
-            audio = self.griffin_lim(self.mel_to_linear(power_tf[lo:hi]), iterations)
-            # Keep this block's own samples plus the fade-in region before them.
-            keep_lo = max(start * hop - fade, 0) if start else 0
-            keep_hi = min(start + block_frames, frames) * hop
-            piece = audio[keep_lo - lo * hop: keep_hi - lo * hop]
-            if start:
-                head = min(fade, piece.shape[0])
-                piece = piece.clone()
-                piece[:head] *= ramp[:head]
-                out[keep_lo: keep_lo + head] *= 1.0 - ramp[:head]
-            out[keep_lo:keep_hi] += piece
-        return out
+        chunks = iter(power_chunks)
+        buffer, buffer_start = torch.zeros(0, self.config.n_mels), 0
+        start, tail, exhausted = 0, None, False
+        while True:
+            while not exhausted and buffer_start + buffer.shape[0] < start + block_frames + overlap:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                else:
+                    buffer = torch.cat([buffer, chunk.float()])
+            known = buffer_start + buffer.shape[0]
+            if start >= known:
+                return
+            lo, hi = max(start - overlap, 0), min(start + block_frames + overlap, known)
+            end = min(start + block_frames, known)
+            audio = self.griffin_lim(self.mel_to_linear(buffer[lo - buffer_start: hi - buffer_start]),
+                                     iterations)
+            piece = audio[start * hop - (fade if start else 0) - lo * hop: end * hop - lo * hop]
+            if tail is not None:
+                piece = torch.cat([tail * (1.0 - ramp) + piece[:fade] * ramp, piece[fade:]])
+            if exhausted and end >= known:
+                yield piece
+                return
+            yield piece[:-fade]
+            tail = piece[-fade:]
+            start = end
+            drop = start - overlap - buffer_start
+            if drop > 0:
+                buffer, buffer_start = buffer[drop:], buffer_start + drop

@@ -157,7 +157,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
                 skip_existing: bool = False,
                 on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
     """Decode .bsq jobs to audio files under ``out_dir`` with the same error handling."""
-    from bsqaudio.audio import write_audio
+    from bsqaudio.audio import write_audio_stream
 
     summary = Summary()
     start = time.time()
@@ -173,7 +173,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
             sample_rate = {"model": codes.sample_rate,
                            "source": codes.header["source_sample_rate"]}.get(rate) or int(rate)
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_audio(target, codec.decode(codes, sample_rate), sample_rate)
+            write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
         except Exception as err:  # as in encode_many: report, record, go on
             reason = str(err) if isinstance(err, BsqAudioError) else f"{job.source}: {type(err).__name__}: {err}"
             summary.failed += 1

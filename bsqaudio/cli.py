@@ -247,7 +247,7 @@ def decode(
 ) -> None:
     """Turn .bsq files back into audio: one into a file, or many into a folder."""
     from bsqaudio import batch
-    from bsqaudio.audio import write_audio
+    from bsqaudio.audio import write_audio_stream
     from bsqaudio.bitstream import load_bsq
 
     sources = sources or []
@@ -260,8 +260,7 @@ def decode(
         sample_rate = output_rate(codes, rate)
         codec = load_codec(model, revision, rank_device(device), batch_size)
         with progress_bar(not quiet, "decoding") as progress:
-            wave = codec.decode(codes, sample_rate, progress=progress)
-        write_audio(output, wave, sample_rate)
+            write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
         return
     if out_dir is None:
         fail("many inputs need --out-dir")
@@ -285,20 +284,22 @@ def roundtrip(
     batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Encode then decode, to hear (and see) what the codec keeps."""
-    from bsqaudio.audio import load_mono, write_audio
+    from bsqaudio.audio import load_mono, write_audio_stream
 
     check_output(output, force)
     if plot is not None:
         check_output(str(plot), force)
     codec = load_codec(model, revision, device, batch_size)
-    wave, source_rate, channels = load_mono(source, codec.config.sample_rate)
+    wave = None
     with progress_bar(not quiet, "encoding") as progress:
-        codes = codec.encode(wave, codec.config.sample_rate, channels, progress=progress)
-    codes.header["source_sample_rate"] = source_rate
+        if plot is None:  # streamed: memory does not grow with the input's length
+            codes = codec.encode_file(source, progress=progress)
+        else:  # the plot needs the input signal itself
+            wave, source_rate, channels = load_mono(source, codec.config.sample_rate)
+            codes = codec.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
     sample_rate = output_rate(codes, rate)
     with progress_bar(not quiet, "decoding") as progress:
-        decoded = codec.decode(codes, sample_rate, progress=progress)
-    write_audio(output, decoded, sample_rate)
+        write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
     if plot is not None:
         from bsqaudio.plots import plot_roundtrip
 

@@ -8,13 +8,13 @@ every run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from bsqaudio.audio import MelFrontend, load_mono, resample, sf_frames, stream_mono
+from bsqaudio.audio import MelFrontend, load_mono, resample, resample_stream, sf_frames, stream_mono
 from bsqaudio.bitstream import Codes
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import Pretrained, from_pretrained
@@ -183,36 +183,55 @@ class Codec:
                 self._silence = self.model.encode(silent).indices[0].cpu()
         return self._silence
 
-    @torch.inference_mode()
-    def decode_mel(self, codes: Codes, progress: Progress | None = None) -> torch.Tensor:
-        """Codes -> (frames, n_mels) mel power over the real audio (plus one frame)."""
+    def decode_mel_chunks(self, codes: Codes, progress: Progress | None = None) -> Iterator[torch.Tensor]:
+        """Codes -> (frames, n_mels) mel power, a batch of windows at a time, over the real audio
+        (plus one frame)."""
         self.check_compatible(codes)
         c = self.config
         windows = codes.window_indices(pad_value=-1)
         windows = torch.where(windows < 0, self.silence_indices(), windows)
-        mels = []
         total = windows.shape[0]
+        remaining = min(self.frontend.num_frames(codes.num_samples) + 1, total * c.window_frames)
         for first in range(0, total, self.batch_size):
             batch = windows[first: first + self.batch_size].to(self.device)
-            with self._autocast():
+            with torch.inference_mode(), self._autocast():
                 mel = self.model.decode_indices(batch)
             gains = codes.gains_db[first: first + self.batch_size]
-            mels.append(self.frontend.denormalize(mel.float().cpu(), gains).reshape(-1, c.n_mels))
+            power = self.frontend.denormalize(mel.float().cpu(), gains).reshape(-1, c.n_mels)
+            yield power[:remaining]
+            remaining -= min(remaining, power.shape[0])
             if progress:
                 progress(min(first + self.batch_size, total), total)
-        frames = min(self.frontend.num_frames(codes.num_samples) + 1, total * c.window_frames)
-        return torch.cat(mels)[:frames]
+
+    def decode_mel(self, codes: Codes, progress: Progress | None = None) -> torch.Tensor:
+        """Codes -> (frames, n_mels) mel power over the real audio (plus one frame)."""
+        return torch.cat(list(self.decode_mel_chunks(codes, progress)))
+
+    def decode_stream(self, codes: Codes, sample_rate: int | None = None,
+                      progress: Progress | None = None) -> Iterator[torch.Tensor]:
+        """Codes -> (T_i,) float32 audio chunks at ``sample_rate`` (the model's by default),
+        produced block by block: memory does not grow with the length of the audio."""
+        mel = self.decode_mel_chunks(codes, progress)
+        audio = self.frontend.synthesize_stream(mel, iterations=self.griffin_lim_iterations)
+        rate = sample_rate or self.config.sample_rate
+        return resample_stream(_exact_length(audio, codes.num_samples), self.config.sample_rate, rate)
 
     def decode(self, codes: Codes, sample_rate: int | None = None,
                progress: Progress | None = None) -> torch.Tensor:
         """Codes -> (T,) float32 audio at ``sample_rate`` (the model's rate by default)."""
-        power = self.decode_mel(codes, progress)
-        wave = self.frontend.synthesize(power, iterations=self.griffin_lim_iterations)
-        wave = wave[: codes.num_samples]
-        if wave.shape[0] < codes.num_samples:
-            wave = torch.nn.functional.pad(wave, (0, codes.num_samples - wave.shape[0]))
-        rate = sample_rate or self.config.sample_rate
-        return resample(wave, self.config.sample_rate, rate)
+        return torch.cat(list(self.decode_stream(codes, sample_rate, progress)))
+
+
+def _exact_length(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:
+    """Cut (or zero-pad) a stream of chunks to exactly ``length`` samples."""
+    produced = 0
+    for chunk in chunks:
+        take = chunk[: max(0, length - produced)]
+        produced += take.shape[0]
+        if take.shape[0]:
+            yield take
+    if produced < length:
+        yield torch.zeros(length - produced)
 
 
 _DEFAULT: Codec | None = None

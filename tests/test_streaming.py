@@ -75,3 +75,33 @@ def test_stream_mono_matches_whole_file_and_reports_bad_data(tmp_path):
     chunks, _, _ = stream_mono(path, 16000, block_seconds=0.5)
     with pytest.raises(BsqAudioError, match="NaN"):
         list(chunks)
+
+
+def test_decode_stream_is_chunked_and_equals_decode(tiny_codec):
+    x = torch.randn(int(16000 * 22.5), generator=torch.Generator().manual_seed(2)) * 0.1
+    codes = tiny_codec.encode(x, 16000)
+    chunks = list(tiny_codec.decode_stream(codes, 44100))
+    assert len(chunks) > 3  # produced block by block, not as one array
+    whole = tiny_codec.decode(codes, 44100)
+    torch.testing.assert_close(torch.cat(chunks), whole)
+    assert whole.shape[0] == round(x.shape[0] * 44100 / 16000)
+
+
+@pytest.mark.parametrize("samples", [1, 80, 160, 500, 800])
+def test_very_short_audio_round_trips(tiny_codec, samples):
+    codes = tiny_codec.encode(torch.randn(samples) * 0.1, 16000)
+    assert tiny_codec.decode(codes).shape == (samples,)
+
+
+def test_streamed_file_output_matches(tiny_codec, tmp_path):
+    from bsqaudio.audio import write_audio_stream
+
+    x = torch.randn(16000 * 3, generator=torch.Generator().manual_seed(3)) * 0.1
+    codes = tiny_codec.encode(x, 16000)
+    path = tmp_path / "out.flac"
+    write_audio_stream(path, tiny_codec.decode_stream(codes), 16000)
+    data, rate = sf.read(path, dtype="float32")
+    assert rate == 16000 and data.shape == (x.shape[0],)
+    expected = tiny_codec.decode(codes).clamp(-1, 1).numpy()
+    np.testing.assert_allclose(data, expected, atol=1 / 32768 + 1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.flac"]  # no temporary left behind
