@@ -13,6 +13,8 @@ Codes are L-bit integers, most significant bit first, packed back to back in tim
 order with no padding. A full window holds ``grid_time * grid_freq`` codes; the last window holds
 only the patch rows that cover real audio, so the payload is ``rows * grid_freq * L / 8`` bytes
 (a row of 8 patches is L whole bytes) and the bitrate is 50 * L bit/s whatever the duration.
+Each window's codes end on a byte boundary (zero bits fill the last byte), which only matters
+for geometries where a window's ``rows * grid_freq * L`` is not a multiple of 8.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bsqaudio.errors import BsqAudioError
 MAGIC = b"BSQA"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_INT = 2**63 - 1  # integer fields fit in an int64
 _PREAMBLE = struct.Struct("<4sBI")
 
 # Header field -> type. Every field is required; unknown fields are rejected.
@@ -114,8 +117,14 @@ def file_size(header: dict) -> int:
     """The exact size in bytes of a .bsq file with this header."""
     header_bytes = len(_encode_header(header))
     grid_freq = header["n_mels"] // header["patch_freq"]
-    return (_PREAMBLE.size + header_bytes + 2 * header["num_windows"]
-            + payload_bytes(header["num_rows"], grid_freq, header["code_bits"]) + 4)
+    bits = header["code_bits"]
+    # Each window's codes are padded to whole bytes (see write_bsq and read_bsq).
+    rows_per_window = header["window_frames"] // header["patch_time"]
+    full_windows = header["num_windows"] - 1
+    last_rows = header["num_rows"] - full_windows * rows_per_window
+    payload = (full_windows * payload_bytes(rows_per_window, grid_freq, bits)
+               + payload_bytes(last_rows, grid_freq, bits))
+    return _PREAMBLE.size + header_bytes + 2 * header["num_windows"] + payload + 4
 
 
 def _encode_header(header: dict) -> bytes:
@@ -138,6 +147,13 @@ def unpack_codes(payload: bytes, count: int, code_bits: int) -> np.ndarray:
     return (bits << shifts).sum(axis=1, dtype=np.uint64).astype(np.int64)
 
 
+def _printable(name: str, limit: int = 40) -> str:
+    """A header key as one printable line: escapes control and other non-printable characters."""
+    if not name.isprintable():
+        name = name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
 def validate_header(header: object) -> dict:
     """Check every field's presence, type and range; raise BsqAudioError naming the problem."""
     if not isinstance(header, dict):
@@ -147,11 +163,17 @@ def validate_header(header: object) -> dict:
         raise BsqAudioError(f"corrupt .bsq file: header lacks {', '.join(missing)}")
     unknown = sorted(set(header) - set(HEADER_FIELDS))
     if unknown:
-        raise BsqAudioError(f"corrupt .bsq file: unknown header fields {', '.join(unknown)}")
+        names = ", ".join(_printable(name) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise BsqAudioError(f"corrupt .bsq file: unknown header fields {names}{more}")
     for key, kind in HEADER_FIELDS.items():
         value = header[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BsqAudioError(f"corrupt .bsq file: header field {key!r} must be {kind.__name__}")
+        if kind is str and not value.isprintable():  # what `info` and error messages print
+            raise BsqAudioError(f"corrupt .bsq file: header field {key!r} is not printable text")
+        if kind is int and abs(value) > MAX_HEADER_INT:
+            raise BsqAudioError(f"corrupt .bsq file: header field {key!r} is out of range")
     positive = [k for k, kind in HEADER_FIELDS.items()
                 if kind is int and k not in ("num_samples",) and header[k] <= 0]
     if positive:
@@ -171,6 +193,8 @@ def validate_header(header: object) -> dict:
             "corrupt .bsq file: num_rows/num_windows do not match num_samples "
             f"({h['num_rows']}/{h['num_windows']}, expected {rows}/{windows})"
         )
+    if len(_encode_header(h)) > MAX_HEADER_BYTES:  # the writer could not write it back
+        raise BsqAudioError(f"corrupt .bsq file: header longer than {MAX_HEADER_BYTES} bytes")
     return h
 
 
@@ -219,7 +243,9 @@ def read_bsq(data: bytes) -> Codes:
     raw = data[_PREAMBLE.size: _PREAMBLE.size + header_len]
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError: JSONDecodeError, or an integer of more than 4300 digits;
+        # RecursionError: arrays or objects nested too deep.
         raise BsqAudioError("corrupt .bsq file: header is not valid JSON") from None
     header = validate_header(header)
     expected = file_size(header) - len(_encode_header(header)) + header_len
