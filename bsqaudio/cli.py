@@ -380,6 +380,8 @@ def train(
     plot: Annotated[bool, typer.Option(help="Write loss and spectrogram PNGs at each validation.")] = False,
     export_dtype: Annotated[str, typer.Option(help="float32 or float16 for the exported weights.")] = "float32",
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.")] = False,
+    init_from: Annotated[Optional[str], typer.Option(
+        help="Start from these weights (a model folder or file, e.g. a previous export).")] = None,
 ) -> None:
     """Train a tokenizer; resumable, DDP under torchrun; exports RUN/export at the end."""
     from bsqaudio.train.loop import TrainSettings
@@ -406,7 +408,7 @@ def train(
         val_dirs=val_dir or [], val_every=val_every, val_windows=val_windows,
         checkpoint_every=checkpoint_every, seed=seed, grad_checkpointing=grad_checkpointing,
         compile=compile, device=device, cache=cache, plot=plot, export_dtype=export_dtype,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, init_from=init_from,
     )
     if loss not in ("mse", "l1"):
         fail("--loss must be mse or l1")

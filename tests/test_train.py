@@ -467,3 +467,17 @@ def test_discriminator_with_accumulation_and_l1_trains_and_resumes(tmp_path, cor
     train(settings(run, corpus, steps=6, discriminator=True, disc_start=2, grad_accum=2, loss="l1",
                    log_every=1, checkpoint_every=2), resume=True)
     assert [r["step"] for r in records(run, "train")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_init_from_starts_with_the_given_weights(tmp_path, corpus):
+    first = tmp_path / "first"
+    train(settings(first, corpus, steps=2))
+    second = tmp_path / "second"
+    train(settings(second, corpus, steps=1, init_from=str(first / "export"), lr=1e-12, warmup=1))
+    before = load_file(str(first / "export" / "model.safetensors"))
+    after = load_file(str(second / "checkpoint" / "model.safetensors"))
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before
+               if before[k].is_floating_point() and "running" not in k)
+    with pytest.raises(BsqAudioError, match="config differs"):
+        train(settings(tmp_path / "third", corpus, steps=1, init_from=str(first / "export"),
+                       config_overrides={"code_bits": 8}))

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from bsqaudio.audio import MelFrontend
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.hub import save_pretrained
+from bsqaudio.hub import from_pretrained, save_pretrained
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
 from bsqaudio.train.data import AudioCache, is_validation, list_inputs
@@ -81,6 +81,7 @@ class TrainSettings:
     plot: bool = False
     export_dtype: str = "float32"
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    init_from: str | None = None  # start a new run from these weights (a model folder or file)
     log_every: int = 10
 
 
@@ -204,6 +205,13 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
 
     torch.manual_seed(s.seed)
     model = AudioBSQ(config)
+    if s.init_from and not resume:
+        start = from_pretrained(s.init_from).model
+        if start.config != config:
+            raise BsqAudioError(f"{s.init_from}: its config differs from this run's "
+                                f"(preset {s.preset} with --set overrides)")
+        model.load_state_dict(start.state_dict())
+        run.log(f"initialised from {s.init_from}")
     model.set_grad_checkpointing(s.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
