@@ -20,7 +20,7 @@ import numpy as np
 
 from bsqaudio.audio import write_bytes_atomic
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
-from bsqaudio.codec import Codec
+from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.train.data import AUDIO_SUFFIXES
 
@@ -170,8 +170,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
             continue
         try:
             codes = load_bsq(job.source)
-            sample_rate = {"model": codes.sample_rate,
-                           "source": codes.header["source_sample_rate"]}.get(rate) or int(rate)
+            sample_rate = resolve_rate(codes, rate)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
         except Exception as err:  # as in encode_many: report, record, go on

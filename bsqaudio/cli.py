@@ -86,17 +86,9 @@ def write_output(path: str, payload: bytes) -> None:
 
 
 def output_rate(codes, rate: str) -> int:
-    if rate == "model":
-        return codes.sample_rate
-    if rate == "source":
-        return codes.header["source_sample_rate"]
-    try:
-        value = int(rate)
-    except ValueError:
-        value = 0
-    if not 1000 <= value <= 384000:
-        fail(f"--rate must be 'model', 'source' or a rate in Hz, not {rate!r}")
-    return value
+    from bsqaudio.codec import resolve_rate
+
+    return resolve_rate(codes, rate)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", help="bsq (default), npy (int64 [windows, 512]) or jsonl.")]

@@ -234,6 +234,27 @@ def _exact_length(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch
         yield torch.zeros(length - produced)
 
 
+def resolve_rate(codes: Codes | None, rate: str) -> int:
+    """An output rate from 'model', 'source' (the rate recorded in the file) or a number of Hz,
+    checked to lie in 1000-384000 Hz: the header is untrusted input, never allocate from it
+    unchecked."""
+    if rate == "model" and codes is not None:
+        return codes.sample_rate
+    if rate == "source" and codes is not None:
+        value = codes.header["source_sample_rate"]
+        if not 1000 <= value <= 384000:
+            raise BsqAudioError(f"the file's source rate {value} Hz is outside 1000-384000 Hz; "
+                                "pass --rate in Hz")
+        return value
+    try:
+        value = int(rate)
+    except ValueError:
+        value = 0
+    if not 1000 <= value <= 384000:
+        raise BsqAudioError(f"--rate must be 'model', 'source' or a rate in Hz, not {rate!r}")
+    return value
+
+
 _DEFAULT: Codec | None = None
 
 

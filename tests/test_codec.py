@@ -253,3 +253,16 @@ def test_synthesis_length_and_finiteness(frontend):
     audio = frontend.synthesize(power, iterations=2)
     assert audio.shape == (101 * HOP,)
     assert torch.isfinite(audio).all()
+
+
+def test_untrusted_source_rate_is_refused_not_allocated(tiny_codec):
+    from bsqaudio.codec import resolve_rate
+
+    codes = tiny_codec.encode(torch.zeros(1600), 16000)
+    codes.header["source_sample_rate"] = 10 ** 9  # a crafted file with a valid CRC can say this
+    with pytest.raises(BsqAudioError, match="outside 1000-384000 Hz"):
+        resolve_rate(codes, "source")
+    assert resolve_rate(codes, "model") == 16000
+    assert resolve_rate(codes, "22050") == 22050
+    with pytest.raises(BsqAudioError, match="--rate"):
+        resolve_rate(codes, "fast")
