@@ -41,15 +41,7 @@ def read_audio(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
         source = io.BytesIO(sys.stdin.buffer.read())
     name = str(source) if isinstance(source, (str, Path)) else "<stream>"
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise BsqAudioError(f"{name}: no such file")
-        if path.is_dir():
-            raise BsqAudioError(f"{name}: is a directory, not an audio file")
-        if not os.access(path, os.R_OK):
-            raise BsqAudioError(f"{name}: permission denied")
-        if path.stat().st_size == 0:
-            raise BsqAudioError(f"{name}: empty file")
+        _check_readable(Path(source))
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
@@ -65,14 +57,7 @@ def open_audio(source: str | Path) -> sf.SoundFile:
     """Open a file for block reading, with the same checks and messages as ``read_audio``."""
     name = str(source)
     path = Path(source)
-    if not path.exists():
-        raise BsqAudioError(f"{name}: no such file")
-    if path.is_dir():
-        raise BsqAudioError(f"{name}: is a directory, not an audio file")
-    if not os.access(path, os.R_OK):
-        raise BsqAudioError(f"{name}: permission denied")
-    if path.stat().st_size == 0:
-        raise BsqAudioError(f"{name}: empty file")
+    _check_readable(path)
     try:
         return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
@@ -154,6 +139,18 @@ def _resample_block(block: torch.Tensor, margin: int, step: int, period_in: int,
     out = AF.resample(block, period_in, period_out)
     lo = margin // period_in * period_out
     return out[lo: lo + step // period_in * period_out]
+
+
+def _check_readable(path: Path) -> None:
+    """Turn the usual path mistakes into clear errors before libsndfile sees the file."""
+    if not path.exists():
+        raise BsqAudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise BsqAudioError(f"{path}: is a directory, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise BsqAudioError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise BsqAudioError(f"{path}: empty file")
 
 
 def _short(err: Exception) -> str:
