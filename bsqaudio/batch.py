@@ -116,30 +116,25 @@ def jsonl_record(job: Job, codes: Codes) -> dict:
     }
 
 
-def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
-                jsonl_out: io.TextIOBase | None = None, skip_existing: bool = False,
-                on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
-    """Encode every job; ``on_event(kind, job, detail)`` hears 'done', 'skipped' and 'failed'."""
+def _run_jobs(jobs: list[Job], target_of: Callable[[Job], Path | None],
+              work: Callable[[Job, Path | None], Codes], skip_existing: bool,
+              on_event: Callable[[str, Job, str], None] | None) -> Summary:
+    """The loop both directions share: skip finished outputs, do the work, and turn any failure
+    into a report, a record and the next file (one bad file must not end a batch of 100k)."""
     summary = Summary()
     start = time.time()
     for job in jobs:
-        target = output_path(out_dir, job, fmt) if out_dir is not None and fmt != "jsonl" else None
+        target = target_of(job)
         if target is not None and skip_existing and target.exists():
             summary.skipped += 1
             if on_event:
                 on_event("skipped", job, str(target))
             continue
         try:
-            codes = codec.encode_file(job.source)
-            if target is not None:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
-            else:
-                jsonl_out.write(json.dumps(jsonl_record(job, codes)) + "\n")
-                jsonl_out.flush()
-        except Exception as err:  # one bad file must not end a batch of 100k; reported below
-            summary.failed += 1
+            codes = work(job, target)
+        except Exception as err:
             reason = str(err) if isinstance(err, BsqAudioError) else f"{job.source}: {type(err).__name__}: {err}"
+            summary.failed += 1
             summary.errors.append({"path": str(job.source), "error": reason})
             if on_event:
                 on_event("failed", job, reason)
@@ -153,40 +148,41 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
     return summary
 
 
+def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
+                jsonl_out: io.TextIOBase | None = None, skip_existing: bool = False,
+                on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
+    """Encode every job; ``on_event(kind, job, detail)`` hears 'done', 'skipped' and 'failed'."""
+
+    def target_of(job: Job) -> Path | None:
+        return output_path(out_dir, job, fmt) if out_dir is not None and fmt != "jsonl" else None
+
+    def work(job: Job, target: Path | None) -> Codes:
+        codes = codec.encode_file(job.source)
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
+        else:
+            jsonl_out.write(json.dumps(jsonl_record(job, codes)) + "\n")
+            jsonl_out.flush()
+        return codes
+
+    return _run_jobs(jobs, target_of, work, skip_existing, on_event)
+
+
 def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: str,
                 skip_existing: bool = False,
                 on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
     """Decode .bsq jobs to audio files under ``out_dir`` with the same error handling."""
     from bsqaudio.audio import write_audio_stream
 
-    summary = Summary()
-    start = time.time()
-    for job in jobs:
-        target = output_path(out_dir, job, fmt)
-        if skip_existing and target.exists():
-            summary.skipped += 1
-            if on_event:
-                on_event("skipped", job, str(target))
-            continue
-        try:
-            codes = load_bsq(job.source)
-            sample_rate = resolve_rate(codes, rate)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
-        except Exception as err:  # as in encode_many: report, record, go on
-            reason = str(err) if isinstance(err, BsqAudioError) else f"{job.source}: {type(err).__name__}: {err}"
-            summary.failed += 1
-            summary.errors.append({"path": str(job.source), "error": reason})
-            if on_event:
-                on_event("failed", job, reason)
-            continue
-        summary.done += 1
-        summary.seconds_of_audio += codes.duration
-        summary.tokens += codes.indices.numel()
-        if on_event:
-            on_event("done", job, str(target))
-    summary.wall_s = time.time() - start
-    return summary
+    def work(job: Job, target: Path | None) -> Codes:
+        codes = load_bsq(job.source)
+        sample_rate = resolve_rate(codes, rate)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
+        return codes
+
+    return _run_jobs(jobs, lambda job: output_path(out_dir, job, fmt), work, skip_existing, on_event)
 
 
 def write_errors(path: Path, errors: list[dict]) -> None:
