@@ -22,6 +22,7 @@ from bsqaudio.audio import write_bytes_atomic
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
 from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.pipeline import encode_sources, failure_reason
 from bsqaudio.train.data import AUDIO_SUFFIXES
 
 FORMATS = ("bsq", "npy", "jsonl")
@@ -116,57 +117,74 @@ def jsonl_record(job: Job, codes: Codes) -> dict:
     }
 
 
-def _run_jobs(jobs: list[Job], target_of: Callable[[Job], Path | None],
-              work: Callable[[Job, Path | None], Codes], skip_existing: bool,
-              on_event: Callable[[str, Job, str], None] | None) -> Summary:
-    """The loop both directions share: skip finished outputs, do the work, and turn any failure
-    into a report, a record and the next file (one bad file must not end a batch of 100k)."""
-    summary = Summary()
-    start = time.time()
-    for job in jobs:
-        target = target_of(job)
-        if target is not None and skip_existing and target.exists():
-            summary.skipped += 1
-            if on_event:
-                on_event("skipped", job, str(target))
-            continue
-        try:
-            codes = work(job, target)
-        except Exception as err:
-            reason = str(err) if isinstance(err, BsqAudioError) else f"{job.source}: {type(err).__name__}: {err}"
-            summary.failed += 1
-            summary.errors.append({"path": str(job.source), "error": reason})
-            if on_event:
-                on_event("failed", job, reason)
-            continue
-        summary.done += 1
-        summary.seconds_of_audio += codes.duration
-        summary.tokens += codes.indices.numel()
-        if on_event:
-            on_event("done", job, str(target) if target else "")
-    summary.wall_s = time.time() - start
-    return summary
+class _Tally:
+    """Counts, error records and events of a batch run, shared by both directions."""
+
+    def __init__(self, on_event: Callable[[str, Job, str], None] | None) -> None:
+        self.summary = Summary()
+        self.on_event = on_event
+        self.start = time.time()
+
+    def skipped(self, job: Job, target: Path) -> None:
+        self.summary.skipped += 1
+        if self.on_event:
+            self.on_event("skipped", job, str(target))
+
+    def failed(self, job: Job, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.errors.append({"path": str(job.source), "error": reason})
+        if self.on_event:
+            self.on_event("failed", job, reason)
+
+    def done(self, job: Job, codes: Codes, target: Path | None) -> None:
+        self.summary.done += 1
+        self.summary.seconds_of_audio += codes.duration
+        self.summary.tokens += codes.indices.numel()
+        if self.on_event:
+            self.on_event("done", job, str(target) if target else "")
+
+    def finish(self) -> Summary:
+        self.summary.wall_s = time.time() - self.start
+        return self.summary
 
 
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
                 jsonl_out: io.TextIOBase | None = None, skip_existing: bool = False,
-                on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
-    """Encode every job; ``on_event(kind, job, detail)`` hears 'done', 'skipped' and 'failed'."""
+                on_event: Callable[[str, Job, str], None] | None = None, workers: int = 0) -> Summary:
+    """Encode every job; ``on_event(kind, job, detail)`` hears 'done', 'skipped' and 'failed'.
+
+    ``workers`` reader processes decode files while the model encodes windows packed from many
+    files (see ``bsqaudio.pipeline``); outputs are written as each file completes."""
+    tally = _Tally(on_event)
 
     def target_of(job: Job) -> Path | None:
         return output_path(out_dir, job, fmt) if out_dir is not None and fmt != "jsonl" else None
 
-    def work(job: Job, target: Path | None) -> Codes:
-        codes = codec.encode_file(job.source)
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
+    todo = []
+    for job in jobs:
+        target = target_of(job)
+        if target is not None and skip_existing and target.exists():
+            tally.skipped(job, target)
         else:
-            jsonl_out.write(json.dumps(jsonl_record(job, codes)) + "\n")
-            jsonl_out.flush()
-        return codes
-
-    return _run_jobs(jobs, target_of, work, skip_existing, on_event)
+            todo.append(job)
+    for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers):
+        job = todo[index]
+        if codes is None:
+            tally.failed(job, reason)
+            continue
+        target = target_of(job)
+        try:
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
+            else:
+                jsonl_out.write(json.dumps(jsonl_record(job, codes)) + "\n")
+                jsonl_out.flush()
+        except (OSError, BsqAudioError) as err:
+            tally.failed(job, failure_reason(target or job.source, err))
+            continue
+        tally.done(job, codes, target)
+    return tally.finish()
 
 
 def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: str,
@@ -175,14 +193,22 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
     """Decode .bsq jobs to audio files under ``out_dir`` with the same error handling."""
     from bsqaudio.audio import write_audio_stream
 
-    def work(job: Job, target: Path | None) -> Codes:
-        codes = load_bsq(job.source)
-        sample_rate = resolve_rate(codes, rate)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
-        return codes
-
-    return _run_jobs(jobs, lambda job: output_path(out_dir, job, fmt), work, skip_existing, on_event)
+    tally = _Tally(on_event)
+    for job in jobs:
+        target = output_path(out_dir, job, fmt)
+        if skip_existing and target.exists():
+            tally.skipped(job, target)
+            continue
+        try:
+            codes = load_bsq(job.source)
+            sample_rate = resolve_rate(codes, rate)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
+        except Exception as err:  # one bad file must not end a batch of 100k
+            tally.failed(job, failure_reason(job.source, err))
+            continue
+        tally.done(job, codes, target)
+    return tally.finish()
 
 
 def write_errors(path: Path, errors: list[dict]) -> None:

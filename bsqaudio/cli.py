@@ -35,6 +35,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    help="Reader processes for many files (0: read in the main process) [default: CPU cores - 1].",
+    min=0, show_default=False)]
 
 
 def fail(message: str) -> None:
@@ -161,11 +164,12 @@ def encode(
     recursive: RecursiveOpt = True, glob: GlobOpt = None, skip_existing: SkipOpt = False,
     errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+    batch_size: BatchOpt = 8, workers: WorkersOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
     from bsqaudio import batch
     from bsqaudio.bitstream import write_bsq
+    from bsqaudio.pipeline import default_workers
 
     sources = sources or []
     if fmt not in batch.FORMATS:
@@ -193,7 +197,8 @@ def encode(
     if fmt == "jsonl":
         jsonl_out = sys.stdout if output in (None, "-") else open(output, "w")  # noqa: SIM115
     try:
-        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out, skip_existing, report_event)
+        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out, skip_existing, report_event,
+                                    default_workers() if workers is None else workers)
     finally:
         if jsonl_out not in (None, sys.stdout):
             jsonl_out.close()

@@ -14,7 +14,15 @@ from typing import BinaryIO
 
 import torch
 
-from bsqaudio.audio import MelFrontend, load_mono, resample, resample_stream, sf_frames, stream_mono
+from bsqaudio.audio import (
+    GRIFFIN_LIM_ITERATIONS,
+    MelFrontend,
+    load_mono,
+    resample,
+    resample_stream,
+    sf_frames,
+    stream_mono,
+)
 from bsqaudio.bitstream import Codes
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import Pretrained, from_pretrained
@@ -36,7 +44,7 @@ class Codec:
     """A loaded model with its front-end, ready to encode and decode."""
 
     def __init__(self, pretrained: Pretrained, device: str = "auto", batch_size: int = 8,
-                 griffin_lim_iterations: int = 32) -> None:
+                 griffin_lim_iterations: int = GRIFFIN_LIM_ITERATIONS) -> None:
         self.device = resolve_device(device)
         self.model = pretrained.model.to(self.device).eval()
         self.config = self.model.config
@@ -97,48 +105,46 @@ class Codec:
 
         A window is analysed as soon as its samples (and half an FFT of context) have arrived,
         and windows are run through the model ``batch_size`` at a time."""
-        c, frontend = self.config, self.frontend
-        half, span = c.n_fft // 2, c.window_samples - c.hop_length + c.n_fft
-        buffer, buffer_start = torch.zeros(half), -half  # zeros before the start, as analysis pads
+        cutter = WindowCutter(self.frontend)
         pending: list[torch.Tensor] = []
         indices: list[torch.Tensor] = []
         gains: list[torch.Tensor] = []
-        total = next_window = 0
-        expected_windows = frontend.num_windows(expected_samples) if expected_samples else 0
+        expected_windows = self.frontend.num_windows(expected_samples) if expected_samples else 0
 
         def run() -> None:
-            mel, gain = frontend.normalize(frontend.power_mel(torch.stack(pending)))
-            with self._autocast():
-                indices.append(self.model.encode(mel.to(self.device)).indices.cpu())
+            mel, gain = self.frontend.normalize(self.frontend.power_mel(torch.stack(pending)))
+            indices.append(self.encode_mel(mel))
             gains.append(gain)
             pending.clear()
             if progress:
                 done = sum(i.shape[0] for i in indices)
                 progress(done, max(done, expected_windows))
 
-        def cut(window: int) -> None:
-            first = window * c.window_samples - half - buffer_start
-            segment = buffer[first: first + span]
-            pending.append(torch.nn.functional.pad(segment, (0, span - segment.shape[0])))
-            if len(pending) == self.batch_size:
-                run()
+        def take(segments: list[torch.Tensor]) -> None:
+            for segment in segments:
+                pending.append(segment)
+                if len(pending) == self.batch_size:
+                    run()
 
         for chunk in chunks:
-            buffer = torch.cat([buffer, chunk.float()])
-            total += chunk.shape[0]
-            while buffer_start + buffer.shape[0] >= next_window * c.window_samples - half + span:
-                cut(next_window)
-                next_window += 1
-            keep = next_window * c.window_samples - half - buffer_start
-            buffer, buffer_start = buffer[keep:], buffer_start + keep
-        if total == 0:
-            raise BsqAudioError("audio is empty")
-        windows = frontend.num_windows(total)
-        for window in range(next_window, windows):
-            cut(window)
+            take(cutter.feed(chunk))
+        take(cutter.finish())
         if pending:
             run()
-        rows = frontend.num_rows(total)
+        return self.make_codes(torch.cat(indices), torch.cat(gains), cutter.total, source_rate,
+                               source_channels)
+
+    @torch.inference_mode()
+    def encode_mel(self, mel_bfm: torch.Tensor) -> torch.Tensor:
+        """(B, frames, n_mels) normalized mel windows -> (B, patches) code indices on the CPU."""
+        with self._autocast():
+            return self.model.encode(mel_bfm.to(self.device)).indices.cpu()
+
+    def make_codes(self, window_indices: torch.Tensor, gains_db: torch.Tensor, num_samples: int,
+                   source_rate: int, source_channels: int) -> Codes:
+        """Per-window codes and gains of ``num_samples`` of audio -> Codes with its header."""
+        c = self.config
+        rows = self.frontend.num_rows(num_samples)
         header = {
             "model": c.name,
             "model_hash": self.model_hash,
@@ -151,14 +157,14 @@ class Codec:
             "patch_time": c.patch_time,
             "patch_freq": c.patch_freq,
             "code_bits": c.code_bits,
-            "num_windows": windows,
+            "num_windows": self.frontend.num_windows(num_samples),
             "num_rows": rows,
-            "num_samples": total,
+            "num_samples": num_samples,
             "source_sample_rate": int(source_rate),
             "source_channels": int(source_channels),
         }
-        all_indices = torch.cat(indices).view(-1, c.grid_freq)[:rows].clone()
-        return Codes(indices=all_indices, gains_db=torch.cat(gains), header=header)
+        indices = window_indices.reshape(-1, c.grid_freq)[:rows].clone()
+        return Codes(indices=indices, gains_db=gains_db, header=header)
 
     def check_compatible(self, codes: Codes) -> None:
         h, c = codes.header, self.config
@@ -220,6 +226,51 @@ class Codec:
                progress: Progress | None = None) -> torch.Tensor:
         """Codes -> (T,) float32 audio at ``sample_rate`` (the model's rate by default)."""
         return torch.cat(list(self.decode_stream(codes, sample_rate, progress)))
+
+
+class WindowCutter:
+    """Cuts a stream of (T,) audio chunks into the segments each window is analysed from: its own
+    samples plus n_fft/2 of context each side, zeros before the start and after the end (exactly
+    what whole-file analysis sees). Only the samples of the next window are held."""
+
+    def __init__(self, frontend: MelFrontend) -> None:
+        self.frontend = frontend
+        self.config = config = frontend.config
+        self.half = config.n_fft // 2
+        self.span = config.window_samples - config.hop_length + config.n_fft
+        self.buffer = torch.zeros(self.half)
+        self.buffer_start = -self.half
+        self.next_window = 0
+        self.total = 0
+
+    def _cut(self, window: int) -> torch.Tensor:
+        first = window * self.config.window_samples - self.half - self.buffer_start
+        segment = self.buffer[first: first + self.span]
+        return torch.nn.functional.pad(segment, (0, self.span - segment.shape[0]))
+
+    def _start_of(self, window: int) -> int:
+        return window * self.config.window_samples - self.half
+
+    def feed(self, chunk: torch.Tensor) -> list[torch.Tensor]:
+        """Add samples; return the segments of every window now complete."""
+        self.buffer = torch.cat([self.buffer, chunk.float()])
+        self.total += chunk.shape[0]
+        ready = []
+        while self.buffer_start + self.buffer.shape[0] >= self._start_of(self.next_window) + self.span:
+            ready.append(self._cut(self.next_window))
+            self.next_window += 1
+        keep = self._start_of(self.next_window) - self.buffer_start
+        self.buffer, self.buffer_start = self.buffer[keep:], self.buffer_start + keep
+        return ready
+
+    def finish(self) -> list[torch.Tensor]:
+        """The remaining windows, zero-padded past the end of the audio."""
+        if self.total == 0:
+            raise BsqAudioError("audio is empty")
+        windows = self.frontend.num_windows(self.total)
+        ready = [self._cut(window) for window in range(self.next_window, windows)]
+        self.next_window = windows
+        return ready
 
 
 def _exact_length(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from bsqaudio import batch, load_bsq
 
@@ -146,3 +147,56 @@ def test_decode_many_with_errors(corpus, tmp_path, tiny_model_dir):
     for path in decoded:
         info = sf.info(path)
         assert info.samplerate == RATE and info.frames > 0
+
+
+@pytest.fixture(scope="module")
+def mixed_sources(tmp_path_factory):
+    """Short clips, a 25 s file (three windows), a bad file and a file that breaks part-way."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, seconds in enumerate((1.0, 25.0, 0.3, 2.5, 0.05)):
+        path = root / f"clip{i}.wav"
+        sf.write(path, (0.2 * rng.standard_normal(int(RATE * seconds))).astype(np.float32), RATE)
+        paths.append(path)
+    (root / "text.wav").write_text("not audio")
+    late_nan = (0.2 * rng.standard_normal(RATE * 30)).astype(np.float32)
+    late_nan[RATE * 25] = np.nan  # after the first 20 s block: two windows are already read
+    sf.write(root / "late_nan.wav", late_nan, RATE, subtype="FLOAT")
+    return [paths[0], root / "text.wav", paths[1], root / "late_nan.wav", *paths[2:]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_packed_batches_give_each_file_its_own_codes(mixed_sources, tiny_codec, workers):
+    """Windows of several files share model batches; every file still gets exactly the codes a
+    one-file encode gives it, and bad files (one failing after some of its windows were batched)
+    are reported without disturbing the others."""
+    from bsqaudio.pipeline import encode_sources
+
+    results = {index: (codes, reason) for index, codes, reason
+               in encode_sources(tiny_codec, mixed_sources, workers=workers)}
+    assert sorted(results) == list(range(len(mixed_sources)))
+    for index, source in enumerate(mixed_sources):
+        codes, reason = results[index]
+        if source.stem in ("text", "late_nan"):
+            assert codes is None and str(source) in reason
+            continue
+        assert reason is None
+        expected = tiny_codec.encode_file(source)
+        assert torch.equal(codes.indices, expected.indices), source.name
+        assert torch.equal(codes.gains_db, expected.gains_db)
+        assert codes.header == expected.header
+
+
+def test_cli_workers_match_in_process_reading(corpus, tmp_path, tiny_model_dir):
+    files = sorted(corpus.rglob("clip01*.flac"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, files)) + "\n")
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}.jsonl"
+        result = bsqaudio("encode", "--from", listing, "--format", "jsonl", "-o", out, "--workers", workers,
+                          "--batch-size", 4, "--model", tiny_model_dir)
+        assert result.returncode == 0, result.stderr
+    rows = [{r["path"]: r["tokens"] for r in map(json.loads, (tmp_path / f"w{w}.jsonl").read_text().splitlines())}
+            for w in (0, 2)]
+    assert len(rows[0]) == len(files) and rows[0] == rows[1]

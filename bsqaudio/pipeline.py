@@ -1,0 +1,139 @@
+"""Encoding many files at full speed: reader processes feed windows, the model sees full batches.
+
+Reading, decoding and resampling a file and computing its mel windows is CPU work that does not
+need the model; running the model wants full batches. So worker processes (a torch ``DataLoader``
+over an ``IterableDataset``: bounded prefetch, clean shutdown, workers restarted per run) each take
+every n-th file, stream it block by block and emit one message per window; the main process packs
+windows from however many files it takes into batches of ``batch_size`` and hands each file's codes
+on as soon as its last window is through the model. Clips of 1-5 s thus share batches instead of
+each running a mostly empty one, and an hour-long file never sits in memory: only the windows in
+flight do. The messages arrive in a fixed order (the loader takes workers in turn), so a run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from bsqaudio.audio import MelFrontend, stream_mono
+from bsqaudio.bitstream import Codes
+from bsqaudio.codec import Codec, WindowCutter
+from bsqaudio.errors import BsqAudioError
+
+
+def default_workers() -> int:
+    """One reader per spare core (the main process runs the model), at least one, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def failure_reason(source: Path, err: BaseException) -> str:
+    """A one-line reason naming the file."""
+    if isinstance(err, BsqAudioError):
+        text = str(err)
+        return text if str(source) in text else f"{source}: {text}"
+    return f"{source}: {type(err).__name__}: {err}"
+
+
+class _WindowReader(IterableDataset):
+    """Messages for the files of one worker: ('window', file, mel, gain) for each window, then
+    ('end', file, samples, rate, channels), or ('error', file, reason) where reading fails."""
+
+    def __init__(self, sources: list[Path], frontend: MelFrontend) -> None:
+        self.sources = sources
+        self.frontend = frontend
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        first, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for index in range(first, len(self.sources), step):
+            yield from self._read(index)
+
+    def _read(self, index: int) -> Iterator[tuple]:
+        source = self.sources[index]
+        try:
+            chunks, rate, channels = stream_mono(source, self.frontend.config.sample_rate)
+            cutter = WindowCutter(self.frontend)
+            for chunk in chunks:
+                yield from self._windows(index, cutter.feed(chunk))
+            yield from self._windows(index, cutter.finish())
+        except Exception as err:  # reported by the main process; the next file goes on
+            yield ("error", index, failure_reason(source, err))
+            return
+        yield ("end", index, cutter.total, rate, channels)
+
+    def _windows(self, index: int, segments: list[torch.Tensor]) -> Iterator[tuple]:
+        for segment in segments:
+            mel, gain = self.frontend.normalize(self.frontend.power_mel(segment[None]))
+            yield ("window", index, mel[0], gain)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # the cores are shared between readers and the model
+
+
+@dataclass
+class _Open:
+    """A file whose windows are in flight: codes arrive batch by batch, in window order."""
+    windows: int = 0  # windows read so far
+    indices: list[torch.Tensor] = field(default_factory=list)
+    gains: list[torch.Tensor] = field(default_factory=list)
+    end: tuple[int, int, int] | None = None  # (samples, rate, channels) once fully read
+
+
+def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
+                   ) -> Iterator[tuple[int, Codes | None, str | None]]:
+    """Encode ``sources``; yield ``(index, codes, None)`` for each file that encodes and
+    ``(index, None, reason)`` for each that fails, in the order they finish.
+
+    ``workers`` reader processes (0: read in this process). Codes equal ``codec.encode_file``'s."""
+    loader = DataLoader(_WindowReader(sources, codec.frontend), batch_size=None, num_workers=workers,
+                        worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=max(2, codec.batch_size // max(1, workers)) if workers else None)
+    open_files: dict[int, _Open] = {}
+    batch: list[tuple[int, torch.Tensor]] = []  # (file, mel)
+
+    def finished(index: int) -> bool:
+        state = open_files[index]
+        return state.end is not None and sum(i.shape[0] for i in state.indices) == state.windows
+
+    def complete(index: int) -> tuple[int, Codes, None]:
+        state = open_files.pop(index)
+        samples, rate, channels = state.end
+        return index, codec.make_codes(torch.cat(state.indices), torch.cat(state.gains), samples,
+                                       rate, channels), None
+
+    def run_batch() -> Iterator[tuple[int, Codes, None]]:
+        codes = codec.encode_mel(torch.stack([mel for _, mel in batch]))
+        owners = [index for index, _ in batch]
+        batch.clear()
+        for row, index in enumerate(owners):
+            open_files[index].indices.append(codes[row: row + 1])
+        for index in dict.fromkeys(owners):
+            if finished(index):
+                yield complete(index)
+
+    for message in loader:
+        kind, index = message[0], message[1]
+        state = open_files.setdefault(index, _Open())
+        if kind == "window":
+            state.windows += 1
+            state.gains.append(message[3])
+            batch.append((index, message[2]))
+            if len(batch) == codec.batch_size:
+                yield from run_batch()
+        elif kind == "end":
+            state.end = message[2:]
+            if finished(index):
+                yield complete(index)
+        else:  # a file that fails part-way: its windows leave the batch, the others stay
+            batch[:] = [(owner, mel) for owner, mel in batch if owner != index]
+            open_files.pop(index)
+            yield index, None, message[2]
+    if batch:
+        yield from run_batch()
