@@ -217,11 +217,11 @@ def run_opus(wave: torch.Tensor, kbps: int, tmp: Path) -> tuple[torch.Tensor, in
 
 
 class Systems:
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], model: str | None = None) -> None:
         import bsqaudio
 
         self.names = names
-        self.codec = bsqaudio.Codec.from_pretrained(device="cpu")
+        self.codec = bsqaudio.Codec.from_pretrained(model, device="cpu")
         self.frontend = self.codec.frontend
         if self.codec.config.sample_rate != RATE:
             raise SystemExit(f"quality.py assumes a {RATE} Hz model")
@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 60; 0: whole files)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS),
                         help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
+    parser.add_argument("--model", default=None,
+                        help="model folder, .safetensors or Hub id for the bsqaudio system (default: embedded)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here "
                         "(rewritten after every file)")
     parser.add_argument("--from-json", type=Path, default=None,
@@ -484,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bsqaudio
 
-    systems = Systems(names)
+    systems = Systems(names, args.model)
     started = _dt.datetime.now(_dt.timezone.utc)
     report = {
         "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None

@@ -295,11 +295,14 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         try:
             if step == 0 and run.is_main:
                 last = validate(0)
+            # A model started from trained weights already has a trained quantizer: ramping its
+            # loss in again lets the bits drift out of balance (seen when continuing the default).
+            quantizer_ramp = 1 if s.init_from else s.quantizer_warmup
             while step < s.steps and not stop.stop:
                 lr = learning_rate(s, step, run.world)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, s.quantizer_warmup))
+                q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, quantizer_ramp))
                 use_gan = disc is not None and step >= s.disc_start
                 logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
                 for micro in range(s.grad_accum):
