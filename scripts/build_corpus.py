@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run
+
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
 AUDIO_EXTS = {".g722", ".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3"}
@@ -104,50 +106,6 @@ class Item:
     split: str = "train"
 
 
-def die(message: str) -> None:
-    sys.exit(f"build_corpus: error: {message}")
-
-
-def require_tools(need_apt: bool) -> None:
-    """Fail early with one clear line rather than a traceback mid-run."""
-    tools = ["ffmpeg", "dpkg", "dpkg-deb"] + (["apt-get"] if need_apt else [])
-    for tool in tools:
-        if shutil.which(tool) is None:
-            hint = "apt-get install ffmpeg" if tool == "ffmpeg" else "run this on Debian or Ubuntu"
-            die(f"'{tool}' not found on PATH; {hint}")
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if result.returncode:
-        lines = result.stderr.strip().splitlines()
-        die(f"{' '.join(cmd)} failed: {lines[-1] if lines else f'exit {result.returncode}'}")
-    return result
-
-
-def deb_path(package: str, work: Path) -> Path | None:
-    debs = sorted(work.glob(f"{package}_*.deb"))
-    if len(debs) > 1:
-        die(f"several .deb files for {package} in {work}; delete the stale ones")
-    return debs[0] if debs else None
-
-
-def fetch(package: str, work: Path) -> tuple[Path, Path]:
-    """Download and unpack a package once; return (deb, unpacked tree)."""
-    deb = deb_path(package, work)
-    if deb is None:
-        print(f"{package}: apt-get download", flush=True)
-        run(["apt-get", "download", package], cwd=work)
-        deb = deb_path(package, work)
-    tree = work / package
-    if not tree.is_dir():
-        partial = work / f"{package}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        run(["dpkg", "-x", str(deb), str(partial)])
-        partial.rename(tree)
-    return deb, tree
-
-
 def find_audio(package: str, tree: Path) -> list[Item]:
     """List the package's audio, skipping symlinks (they duplicate real files)."""
     items = []
@@ -183,16 +141,6 @@ def output_names(items: list[Item]) -> list[str]:
             stem += "_" + Path(item.source).suffix.lstrip(".").lower()
         names.append(stem.replace("/", "__") + ".flac")
     return names
-
-
-def flac_duration(path: Path) -> float:
-    """Duration from the FLAC STREAMINFO block (ffmpeg fills in the sample count)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if head[:4] != b"fLaC":
-        raise ValueError(f"{path} is not a FLAC file")
-    info = int.from_bytes(head[18:26], "big")  # 20 bits rate, 3 channels, 5 bps, 36 samples
-    return (info & (1 << 36) - 1) / (info >> 44)
 
 
 def convert(item: Item, dest: Path) -> str | None:

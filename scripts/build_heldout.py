@@ -39,10 +39,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run
 
 SAMPLE_RATE = 16000
 MUSIC_SECONDS = 60.0
@@ -188,53 +189,10 @@ class Item:
     formats: set[str] = field(default_factory=set)
 
 
-def die(message: str) -> None:
-    sys.exit(f"build_heldout: error: {message}")
-
-
 def check_packages() -> None:
     for package in PACKAGES:
         if package in TRAINING_PACKAGES or package.startswith(SAME_RECORDINGS_PREFIXES):
             die(f"{package} is (or re-encodes) a training package")
-
-
-def require_tools(need_apt: bool) -> None:
-    tools = ["ffmpeg", "ffprobe", "dpkg", "dpkg-deb"] + (["apt-get"] if need_apt else [])
-    for tool in tools:
-        if shutil.which(tool) is None:
-            hint = "apt-get install ffmpeg" if tool.startswith("ff") else "run this on Debian"
-            die(f"'{tool}' not found on PATH; {hint}")
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if result.returncode:
-        lines = result.stderr.strip().splitlines()
-        die(f"{' '.join(cmd)} failed: {lines[-1] if lines else f'exit {result.returncode}'}")
-    return result
-
-
-def deb_path(package: str, work: Path) -> Path | None:
-    debs = sorted(work.glob(f"{package}_*.deb"))
-    if len(debs) > 1:
-        die(f"several .deb files for {package} in {work}; delete the stale ones")
-    return debs[0] if debs else None
-
-
-def fetch(package: str, work: Path) -> tuple[Path, Path]:
-    """Download and unpack a package once; return (deb, unpacked tree)."""
-    deb = deb_path(package, work)
-    if deb is None:
-        print(f"{package}: apt-get download", flush=True)
-        run(["apt-get", "download", package], cwd=work)
-        deb = deb_path(package, work)
-    tree = work / package
-    if not tree.is_dir():
-        partial = work / f"{package}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        run(["dpkg", "-x", str(deb), str(partial)])
-        partial.rename(tree)
-    return deb, tree
 
 
 def hash_key(package: str, source: str) -> str:
@@ -268,16 +226,6 @@ def candidates(package: str, tree: Path) -> dict[str, list[Item]]:
                 item.name += "_" + item.file.suffix.lstrip(".").lower()
             item.name += ".flac"
     return by_group
-
-
-def flac_duration(path: Path) -> float:
-    """Duration from the FLAC STREAMINFO block (ffmpeg fills in the sample count)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if head[:4] != b"fLaC":
-        raise ValueError(f"{path} is not a FLAC file")
-    info = int.from_bytes(head[18:26], "big")  # 20 bits rate, 3 channels, 5 bps, 36 samples
-    return (info & (1 << 36) - 1) / (info >> 44)
 
 
 def source_format(item: Item) -> str:
@@ -463,7 +411,7 @@ def main() -> None:
     work, out = args.work.resolve(), args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    require_tools(need_apt=any(deb_path(p, work) is None for p in PACKAGES))
+    require_tools(need_apt=any(deb_path(p, work) is None for p in PACKAGES), extra=("ffprobe",))
 
     manifest, rows, passed_all = [], [], []
     for package, spec in PACKAGES.items():
