@@ -70,7 +70,9 @@ class _WindowReader(IterableDataset):
     def _windows(self, index: int, segments: list[torch.Tensor]) -> Iterator[tuple]:
         for segment in segments:
             mel, gain = self.frontend.normalize(self.frontend.power_mel(segment[None]))
-            yield ("window", index, mel[0], gain)
+            # The gain travels as a float: every tensor a worker sends is a shared-memory segment
+            # (a file descriptor) for as long as it lives, and gains live as long as their file.
+            yield ("window", index, mel[0], float(gain[0]))
 
 
 def _worker_init(_: int) -> None:
@@ -82,7 +84,7 @@ class _Open:
     """A file whose windows are in flight: codes arrive batch by batch, in window order."""
     windows: int = 0  # windows read so far
     indices: list[torch.Tensor] = field(default_factory=list)
-    gains: list[torch.Tensor] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)
     end: tuple[int, int, int] | None = None  # (samples, rate, channels) once fully read
 
 
@@ -105,7 +107,7 @@ def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
     def complete(index: int) -> tuple[int, Codes, None]:
         state = open_files.pop(index)
         samples, rate, channels = state.end
-        return index, codec.make_codes(torch.cat(state.indices), torch.cat(state.gains), samples,
+        return index, codec.make_codes(torch.cat(state.indices), torch.tensor(state.gains), samples,
                                        rate, channels), None
 
     def run_batch() -> Iterator[tuple[int, Codes, None]]:
