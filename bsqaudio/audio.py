@@ -211,21 +211,37 @@ def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], 
         os.close(fd)
     except OSError as err:
         raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
+    reason = None
     try:
         subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
         with sf.SoundFile(tmp, "w", rate, 1, subtype=subtype, format=fmt) as handle:
             for chunk in chunks:
-                handle.write(chunk.detach().cpu().float().clamp(-1.0, 1.0).numpy())
+                try:
+                    handle.write(chunk.detach().cpu().float().clamp(-1.0, 1.0).numpy())
+                except sf.LibsndfileError:
+                    reason = _sndfile_reason(handle)
+                    raise
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except (OSError, sf.LibsndfileError) as err:
         Path(tmp).unlink(missing_ok=True)
-        raise BsqAudioError(f"{path}: cannot write ({getattr(err, 'strerror', None) or err})") from None
+        reason = reason or getattr(err, "strerror", None) or _short(err)
+        raise BsqAudioError(f"{path}: cannot write ({reason})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sndfile_reason(handle: sf.SoundFile) -> str | None:
+    """libsndfile's message for the last error on ``handle``, which names the system error (e.g.
+    "System error : No space left on device.") where the error code alone says "System error."."""
+    try:
+        text = sf._ffi.string(sf._snd.sf_strerror(handle._file)).decode("utf-8", "replace")
+    except Exception:  # soundfile internals moved: fall back to the exception's own text
+        return None
+    return text.strip().removeprefix("System error :").strip().rstrip(".") or None
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:

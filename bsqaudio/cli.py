@@ -1,13 +1,18 @@
 """The ``bsqaudio`` command line: a thin layer over ``bsqaudio.codec`` and ``bsqaudio.train``.
 
 Errors a user can cause are BsqAudioError: printed as one line on stderr, exit code 1, no
-traceback (``--debug`` shows it). Outputs are written to a temporary file and renamed.
+traceback (``--debug`` shows it). Outputs are written to a temporary file and renamed. SIGINT and
+SIGTERM unwind like an exception, so temporary files are removed, then exit 130 / 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,6 +50,7 @@ def fail(message: str) -> None:
 
 
 def check_output(path: str, force: bool) -> None:
+    """Refuse an output that cannot or must not be written, before any work is done."""
     if path == "-":
         return
     out = Path(path)
@@ -52,8 +58,56 @@ def check_output(path: str, force: bool) -> None:
         fail(f"{out}: is a directory; give an output file name")
     if out.exists() and not force:
         fail(f"{out}: already exists (use --force to overwrite)")
-    if not out.parent.exists():
-        fail(f"{out.parent}: output folder does not exist")
+    check_folder(out.parent, "output folder")
+
+
+def check_folder(folder: Path, what: str) -> None:
+    if not folder.exists():
+        fail(f"{folder}: {what} does not exist")
+    if not folder.is_dir():
+        fail(f"{folder}: {what} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"{folder}: {what} is not writable (permission denied)")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``--out-dir`` (and its parents) or say why not, before the first file is read."""
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"{out_dir}: --out-dir is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"{out_dir}: cannot create the output folder ({err.strerror})")
+    check_folder(out_dir, "output folder")
+
+
+@contextmanager
+def atomic_text(path: str):
+    """A text file written under a temporary name in the destination folder and renamed into place
+    when the block ends without an exception; removed otherwise (an error, SIGINT, SIGTERM)."""
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=folder)
+    except OSError as err:
+        fail(f"{out}: cannot write ({err.strerror})")
+    handle = os.fdopen(fd, "w")
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        handle.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        fail(f"{out}: cannot write ({err.strerror})")
 
 
 @contextmanager
@@ -113,6 +167,9 @@ def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str
 
     items = list(sources) + (batch.read_path_list(from_) if from_ else [])
     jobs = batch.gather(items, recursive, glob, **({"suffixes": suffixes} if suffixes else {}))
+    if not jobs:
+        kind = "matching" if glob else ".bsq" if suffixes else "audio"
+        fail(f"no {kind} files found in {', '.join(items) or from_}")
     if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         shard = f"{os.environ.get('RANK', '0')}/{os.environ['WORLD_SIZE']}"
     if shard is not None:
@@ -190,18 +247,27 @@ def encode(
     if not sources and from_ is None:
         fail("no inputs: give files or folders, or --from LIST")
     if fmt != "jsonl" and out_dir is None:
+        if len(sources) == 1 and from_ is None:
+            fail(f"{sources[0]}: is a folder; give --out-dir to encode the audio files in it")
         fail(f"many inputs need --out-dir for --format {fmt}")
+    jsonl_file = fmt == "jsonl" and output not in (None, "-")
+    if jsonl_file:
+        check_output(output, force)
     jobs = batch_jobs(sources, from_, recursive, glob, shard)
+    if out_dir is not None and fmt != "jsonl":
+        prepare_out_dir(out_dir)
     codec = load_codec(model, revision, rank_device(device), batch_size)
-    jsonl_out = None
-    if fmt == "jsonl":
-        jsonl_out = sys.stdout if output in (None, "-") else open(output, "w")  # noqa: SIM115
-    try:
-        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out, skip_existing, report_event,
-                                    default_workers() if workers is None else workers)
-    finally:
-        if jsonl_out not in (None, sys.stdout):
-            jsonl_out.close()
+    workers = default_workers() if workers is None else workers
+    if workers:
+        # Reader processes pass windows through shared-memory files, not file descriptors: the
+        # descriptor server thread of a reader prints a traceback when an interrupted main process
+        # drops its connection half-way.
+        import torch.multiprocessing
+
+        torch.multiprocessing.set_sharing_strategy("file_system")
+    with atomic_text(output) if jsonl_file else contextlib.nullcontext(sys.stdout) as jsonl_out:
+        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out if fmt == "jsonl" else None,
+                                    skip_existing, report_event, workers)
     finish_batch(summary, errors)
 
 
@@ -260,12 +326,15 @@ def decode(
             write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
         return
     if out_dir is None:
+        if len(sources) == 1 and from_ is None:
+            fail(f"{sources[0]}: is a folder; give --out-dir to decode the .bsq files in it")
         fail("many inputs need --out-dir")
     if audio_format not in ("wav", "flac", "ogg"):
         fail("--audio-format must be wav, flac or ogg")
     if rate not in ("model", "source"):
         output_rate(None, rate)  # validates a number
     jobs = batch_jobs(sources, from_, recursive, None, shard, suffixes=(".bsq",))
+    prepare_out_dir(out_dir)
     codec = load_codec(model, revision, rank_device(device), batch_size)
     summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, report_event)
     finish_batch(summary, errors)
@@ -507,8 +576,36 @@ def main(
     STATE["debug"] = debug
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM in the main process. Not an Exception, so no ``except Exception`` (a batch's
+    per-file error handling) swallows it; it unwinds through every ``finally`` and ``except
+    BaseException`` that removes a temporary file."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_MAIN_PID = {"pid": None}
+
+
+def _on_signal(signum: int, frame) -> None:
+    if os.getpid() != _MAIN_PID["pid"]:
+        # A forked reader process (torch DataLoader worker): its loop ends quietly on
+        # KeyboardInterrupt and the main process, which got the signal too or shuts it down,
+        # reports.
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the cleanup short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def run() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 1."""
+    """Console-script entry point: user errors become one line on stderr and exit code 1; SIGINT
+    and SIGTERM remove unfinished outputs and exit 128 + the signal number (130, 143)."""
+    STATE["debug"] = False
+    _MAIN_PID["pid"] = os.getpid()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app()
     except BsqAudioError as err:
@@ -517,6 +614,16 @@ def run() -> None:
         err_console.print(f"bsqaudio: error: {err}", style="red", highlight=False, markup=False,
                           soft_wrap=True)
         sys.exit(1)
+    except Interrupted as err:
+        if STATE["debug"]:
+            raise
+        err_console.print(f"bsqaudio: interrupted by {signal.Signals(err.signum).name}; finished "
+                          "outputs are complete, unfinished ones were removed", highlight=False,
+                          markup=False, soft_wrap=True)
+        sys.exit(128 + err.signum)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

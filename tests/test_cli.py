@@ -173,14 +173,8 @@ def _error_case(name, tmp_path, workdir, tiny_model_dir, other_model_dir):
     """-> (args, expected fragments of the message, output path that must not appear)."""
     out = tmp_path / "out"
     out.mkdir()
-    text_wav = tmp_path / "notes.wav"
-    text_wav.write_text("this is not audio\n")
     model = ["--model", tiny_model_dir]
     cases = {
-        "missing input": (["encode", tmp_path / "missing.wav", "-o", out / "x.bsq", *model],
-                          ["missing.wav", "no such file"], out / "x.bsq"),
-        "text named .wav": (["encode", text_wav, "-o", out / "x.bsq", *model],
-                            ["notes.wav", "not a readable audio file"], out / "x.bsq"),
         "wav as .bsq": (["decode", workdir["wav"], "-o", out / "x.wav", *model],
                         ["not a .bsq file"], out / "x.wav"),
         "info of a wav": (["info", workdir["wav"]], ["not a .bsq file"], None),
@@ -199,8 +193,10 @@ def _error_case(name, tmp_path, workdir, tiny_model_dir, other_model_dir):
     return (*cases[name], out)
 
 
+# Bad audio inputs and outputs that cannot be written (missing, empty, not audio, NaN, a folder,
+# no permission, a full disk...) are the table in test_bad_audio.py.
 @pytest.mark.parametrize("case", [
-    "missing input", "text named .wav", "wav as .bsq", "info of a wav", "output folder missing",
+    "wav as .bsq", "info of a wav", "output folder missing",
     "other model", "bad rate", "model not found offline",
     pytest.param("no default model", marks=pytest.mark.skipif(
         HAS_EMBEDDED_MODEL, reason="an embedded default model is installed")),
