@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -205,14 +205,10 @@ def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], 
     fmt = path.suffix[1:].upper() or "WAV"
     if fmt not in sf.available_formats():
         raise BsqAudioError(f"{path}: unknown output format {fmt!r}; use .wav, .flac or .ogg")
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-        os.close(fd)
-    except OSError as err:
-        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
+    tmp = temporary_path(path)
     reason = None
     try:
+        open(tmp, "xb").close()  # noqa: SIM115 - claim the name; libsndfile then writes into it
         subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
         with sf.SoundFile(tmp, "w", rate, 1, subtype=subtype, format=fmt) as handle:
             for chunk in chunks:
@@ -221,17 +217,24 @@ def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], 
                 except sf.LibsndfileError:
                     reason = _sndfile_reason(handle)
                     raise
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except (OSError, sf.LibsndfileError) as err:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         reason = reason or getattr(err, "strerror", None) or _short(err)
         raise BsqAudioError(f"{path}: cannot write ({reason})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def temporary_path(path: Path) -> Path:
+    """A new hidden name beside ``path`` to write it under before renaming it into place. The name
+    is chosen before the file exists and the file is created inside the ``try`` that removes it,
+    so a SIGINT or SIGTERM at any point leaves nothing behind (``mkstemp`` creates the file before
+    its caller learns the name: an interrupt in between leaked it). 64 random bits: no clashes.
+    Files are created with the usual permissions (0666 less the umask), as any other output."""
+    folder = path.parent if str(path.parent) else Path(".")
+    return folder / f".{path.name}.{secrets.token_hex(8)}.part"
 
 
 def _sndfile_reason(handle: sf.SoundFile) -> str | None:
@@ -246,23 +249,16 @@ def _sndfile_reason(handle: sf.SoundFile) -> str | None:
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
     """Write to a temporary file in the destination folder, then rename it over ``path``."""
-    folder = path.parent if str(path.parent) else Path(".")
+    tmp = temporary_path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as err:
-        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -85,29 +84,26 @@ def prepare_out_dir(out_dir: Path) -> None:
 def atomic_text(path: str):
     """A text file written under a temporary name in the destination folder and renamed into place
     when the block ends without an exception; removed otherwise (an error, SIGINT, SIGTERM)."""
+    from bsqaudio.audio import temporary_path
+
     out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
+    tmp = temporary_path(out)
+    handle, ours = None, True  # ours: the error, if any, comes from writing the file itself
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=folder)
-    except OSError as err:
-        fail(f"{out}: cannot write ({err.strerror})")
-    handle = os.fdopen(fd, "w")
-    try:
+        handle = open(tmp, "x")  # noqa: SIM115
+        ours = False
         yield handle
-    except BaseException:
-        with contextlib.suppress(OSError):
-            handle.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
+        ours = True
         handle.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, out)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        fail(f"{out}: cannot write ({err.strerror})")
+    except BaseException as err:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+        tmp.unlink(missing_ok=True)
+        if ours and isinstance(err, OSError):
+            fail(f"{out}: cannot write ({err.strerror})")
+        raise
 
 
 @contextmanager

@@ -9,6 +9,7 @@ are safetensors only, never pickles, and must match their config exactly.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,19 +107,42 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
     if len(parts) != 2 or not all(parts):
         raise BsqAudioError(f"{repo_id}: no such model file or folder, and not a Hub repo id")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
-        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+        config_path = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir))
+        # The weights come from the commit the config came from (its snapshot folder's name), so
+        # a branch that moves between the two downloads cannot pair one commit's config with
+        # another's weights.
+        commit = config_path.parent.name
+        pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
+        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=pinned, cache_dir=cache_dir)
     except LocalEntryNotFoundError:
         raise BsqAudioError(
-            f"{repo_id}: no such local file or folder, and not in the local Hugging Face cache "
-            "while the Hub cannot be reached (offline?); check the path, or download the model "
-            "once with network access"
+            f"{where}: no such local file or folder, and not in the local Hugging Face cache "
+            "while the Hub cannot be reached (offline?); check the path and --revision, or "
+            "download the model once with network access"
         ) from None
+    except RevisionNotFoundError:
+        raise BsqAudioError(f"{repo_id}: the Hugging Face Hub repo has no revision {revision!r} "
+                            "(give a tag, branch or commit of it with --revision)") from None
+    except RepositoryNotFoundError:
+        raise BsqAudioError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private "
+                            "and you are not logged in)") from None
+    except EntryNotFoundError:
+        raise BsqAudioError(f"{where}: the Hub repo has no {CONFIG_NAME} and {WEIGHTS_NAME}; "
+                            "it is not a bsqaudio model") from None
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise BsqAudioError(f"{repo_id}: cannot fetch from the Hugging Face Hub ({err})") from None
-    loaded = load_weights(Path(weights), Path(config_path))
+    # Checked against the config before use: config.json and the config in the weights' metadata
+    # must agree, and every tensor must have the name and shape the config implies.
+    loaded = load_weights(Path(weights), config_path)
     loaded.source = f"{repo_id}@{revision or 'main'}"
     return loaded

@@ -235,6 +235,151 @@ def test_hub_missing_repo_offline(offline, hub_cache):
     assert "cache" in str(info.value)
 
 
-def test_hub_missing_revision_offline(offline, hub_cache):
-    with pytest.raises(BsqAudioError, match="cache"):
-        bsqaudio.from_pretrained("owner/name", revision="f" * 40, cache_dir=hub_cache)
+@pytest.mark.parametrize("revision", ["f" * 40, "v9"])
+def test_hub_unknown_revision_offline(offline, hub_cache, revision):
+    """A revision the cache does not hold (a commit or a tag) is an error naming it; never a
+    fall-back to another revision."""
+    with pytest.raises(BsqAudioError, match="cache") as info:
+        bsqaudio.from_pretrained("owner/name", revision=revision, cache_dir=hub_cache)
+    assert f"owner/name@{revision}" in str(info.value) and "--revision" in str(info.value)
+
+
+def add_snapshot(cache, commit: str, source_dir, config_text: str | None = None):
+    """Another commit of owner/name in the cache, with the files of ``source_dir`` (and another
+    config.json if given)."""
+    snapshot = cache / "models--owner--name" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    shutil.copy(source_dir / WEIGHTS_NAME, snapshot / WEIGHTS_NAME)
+    if config_text is None:
+        shutil.copy(source_dir / CONFIG_NAME, snapshot / CONFIG_NAME)
+    else:
+        (snapshot / CONFIG_NAME).write_text(config_text)
+    return snapshot
+
+
+OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def test_hub_tag_resolves_to_its_snapshot(offline, hub_cache, tiny_model_dir, other_model_dir):
+    """--revision v2 loads the snapshot refs/v2 names, not main's."""
+    add_snapshot(hub_cache, OTHER_COMMIT, other_model_dir)
+    (hub_cache / "models--owner--name" / "refs" / "v2").write_text(OTHER_COMMIT)
+    pinned = bsqaudio.from_pretrained("owner/name", revision="v2", cache_dir=hub_cache)
+    assert pinned.model_hash == bsqaudio.from_pretrained(other_model_dir).model_hash
+    assert pinned.source == "owner/name@v2"
+    main = bsqaudio.from_pretrained("owner/name", cache_dir=hub_cache)
+    assert main.model_hash == bsqaudio.from_pretrained(tiny_model_dir).model_hash
+
+
+def test_hub_weights_come_from_the_commit_of_the_config(offline, hub_cache, tiny_model_dir,
+                                                        other_model_dir, monkeypatch):
+    """A branch that moves between the two downloads must not pair one commit's config with
+    another commit's weights: the weights are fetched at the config's commit."""
+    import huggingface_hub
+
+    add_snapshot(hub_cache, OTHER_COMMIT, other_model_dir)
+    real = huggingface_hub.hf_hub_download
+    revisions = []
+
+    def moving_branch(repo_id, filename, revision=None, **kwargs):
+        revisions.append(revision)
+        path = real(repo_id, filename, revision=revision, **kwargs)
+        (hub_cache / "models--owner--name" / "refs" / "main").write_text(OTHER_COMMIT)  # pushed
+        return path
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", moving_branch)
+    loaded = bsqaudio.from_pretrained("owner/name", cache_dir=hub_cache)
+    assert revisions == [None, COMMIT]
+    assert loaded.model_hash == bsqaudio.from_pretrained(tiny_model_dir).model_hash
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["config-in-metadata", "no-metadata"])
+def test_hub_config_that_does_not_match_the_weights(offline, hub_cache, tiny_model_dir, metadata):
+    """The downloaded config.json is checked against the weights before use."""
+    wider = ModelConfig.from_dict({**preset("tiny").to_dict(), "code_bits": 36})
+    snapshot = add_snapshot(hub_cache, OTHER_COMMIT, tiny_model_dir, wider.to_json())
+    if not metadata:
+        save_file(load_file(str(tiny_model_dir / WEIGHTS_NAME)), str(snapshot / WEIGHTS_NAME))
+    expected = "does not match the weights' config" if metadata else "do not match the config"
+    with pytest.raises(BsqAudioError, match=expected):
+        bsqaudio.from_pretrained("owner/name", revision=OTHER_COMMIT, cache_dir=hub_cache)
+
+
+def _hub_error(cls):
+    """An instance of a huggingface_hub error (their constructors want an HTTP response)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, "from the Hub")
+    return err
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("RevisionNotFoundError", "has no revision 'v9'"),
+    ("RepositoryNotFoundError", "no such model on the Hugging Face Hub"),
+    ("RemoteEntryNotFoundError", "not a bsqaudio model"),
+])
+def test_hub_errors_online_are_one_clear_line(monkeypatch, name, expected):
+    import huggingface_hub
+    import huggingface_hub.errors
+
+    if not hasattr(huggingface_hub.errors, name):
+        pytest.skip(f"huggingface_hub {huggingface_hub.__version__} has no {name}")
+    error = _hub_error(getattr(huggingface_hub.errors, name))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+    with pytest.raises(BsqAudioError, match=expected) as info:
+        bsqaudio.from_pretrained("owner/name", revision="v9")
+    assert "\n" not in str(info.value) and str(info.value).startswith("owner/name")
+
+
+def test_cli_passes_the_revision_to_the_hub(offline, hub_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """``--model owner/name --revision COMMIT`` through the command: only the pin finds the model."""
+    import huggingface_hub.constants as hf_constants
+    from conftest import write_wav
+    from test_bad_audio import run_in_process
+
+    from bsqaudio import load_bsq
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_cache))
+    (hub_cache / "models--owner--name" / "refs" / "main").unlink()
+    wav = write_wav(tmp_path / "in.wav", 0.5)
+    args = ["encode", wav, "-o", tmp_path / "out.bsq", "--model", "owner/name", "--device", "cpu"]
+    unpinned = run_in_process(*args)
+    assert unpinned.exit == 1 and "not in the local Hugging Face cache" in unpinned.stderr, unpinned
+    assert run_in_process(*args, "--revision", COMMIT).exit == 0
+    assert load_bsq(tmp_path / "out.bsq").header["model_hash"] == \
+        bsqaudio.from_pretrained(tiny_model_dir).model_hash
+    wrong = run_in_process(*args, "--revision", "v9", "--force")
+    assert wrong.exit == 1 and "owner/name@v9" in wrong.stderr and wrong.stderr.count("\n") == 1
+
+
+# -- nothing unpickles a file a user passes in -------------------------------------------------
+
+def test_no_pickle_loads_in_the_package():
+    """torch.load only with weights_only=True, np.load only with allow_pickle=False, and no
+    pickle.load(s) at all: a model, checkpoint or cache file must never be able to run code."""
+    import ast
+    from pathlib import Path
+
+    package = Path(bsqaudio.__file__).resolve().parent
+    problems = []
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            keywords = {k.arg: k.value for k in node.keywords}
+
+            def is_const(name, value, keywords=keywords):
+                return isinstance(keywords.get(name), ast.Constant) and keywords[name].value is value
+
+            where = f"{source.relative_to(package)}:{node.lineno}"
+            if owner == "torch" and node.func.attr == "load" and not is_const("weights_only", True):
+                problems.append(f"{where} torch.load without weights_only=True")
+            if owner == "np" and node.func.attr == "load" and not is_const("allow_pickle", False):
+                problems.append(f"{where} np.load without allow_pickle=False")
+            if owner in ("pickle", "dill", "cloudpickle") and node.func.attr in ("load", "loads"):
+                problems.append(f"{where} {owner}.{node.func.attr}")
+    assert not problems, problems

@@ -175,10 +175,10 @@ def test_export_command_writes_float16_weights_that_load(trained_run, tmp_path):
 
 # -- resuming -------------------------------------------------------------------------------------
 
-def stop_after(monkeypatch, updates: int) -> None:
-    """SIGTERM this process right after optimizer update number ``updates``: the loop's own
-    handler then checkpoints at that step and returns, with the settings (and the learning-rate
-    schedule) of the full run."""
+def stop_after(monkeypatch, updates: int, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to this process right after optimizer update number ``updates``: the loop's
+    own handler then checkpoints at that step and returns, with the settings (and the
+    learning-rate schedule) of the full run."""
     real = loop.update_ema
     count = {"n": 0}
 
@@ -186,9 +186,11 @@ def stop_after(monkeypatch, updates: int) -> None:
         real(ema, model, decay)
         count["n"] += 1
         if count["n"] == updates:
-            # Never kill the test session itself if the loop forgot its handler.
-            assert callable(signal.getsignal(signal.SIGTERM)), "the loop handles no SIGTERM"
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Never kill (or KeyboardInterrupt) the test session itself if the loop forgot its handler.
+            handler = signal.getsignal(sig)
+            assert callable(handler) and handler is not signal.default_int_handler, \
+                f"the loop handles no {signal.Signals(sig).name}"
+            os.kill(os.getpid(), sig)
 
     monkeypatch.setattr(loop, "update_ema", counting)
 
@@ -222,6 +224,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, corpus, mo
     initial = AudioBSQ(preset("tiny")).state_dict()
     final = load_file(str(a / "model.safetensors"))
     assert not torch.equal(initial["patch_embed.weight"], final["patch_embed.weight"])
+
+
+def test_sigint_stops_like_sigterm_and_resume_finishes(tmp_path, corpus, monkeypatch):
+    """Ctrl-C (SIGINT) is a clean stop too: a checkpoint at the step reached, no export, and
+    ``--resume`` finishes the run (SIGTERM through the CLI: the next test)."""
+    run = settings(tmp_path / "run", corpus, steps=4)
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2, signal.SIGINT)
+        train(run)
+    checkpoint = tmp_path / "run" / "checkpoint"
+    assert json.loads((checkpoint / "meta.json").read_text())["step"] == 2
+    assert not (tmp_path / "run" / "export").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(run, resume=True)
+    assert json.loads((checkpoint / "meta.json").read_text())["step"] == 4
+    bsqaudio.from_pretrained(tmp_path / "run" / "export")
 
 
 def test_sigterm_leaves_a_valid_checkpoint_and_resume_continues(tmp_path, corpus):

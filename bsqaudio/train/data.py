@@ -65,7 +65,7 @@ class AudioCache:
     @classmethod
     def open(cls, folder: Path) -> AudioCache:
         index = json.loads((folder / "index.json").read_text())
-        audio = np.load(folder / "audio.npy", mmap_mode="r")
+        audio = np.load(folder / "audio.npy", mmap_mode="r", allow_pickle=False)
         return cls(audio, np.asarray(index["offsets"], dtype=np.int64),
                    np.asarray(index["lengths"], dtype=np.int64), index["names"])
 
