@@ -34,6 +34,17 @@ from bsqaudio.model.config import ModelConfig
 GAIN_FLOOR_DB = -20.0
 POWER_EPS = 1e-10
 
+# Griffin-Lim iterations after the phase-gradient start, chosen from the measured curve in
+# docs/benchmarks.md (benchmarks/griffin_lim.py): past this, more iterations cost time linearly
+# and barely change the spectral convergence or STOI.
+GRIFFIN_LIM_ITERATIONS = 16
+
+# A Hann window of length L behaves, for phase reconstruction, like a Gaussian whose time-frequency
+# spread is lambda = 0.25645 * L^2 samples^2 (Prusa, Balazs and Soendergaard 2017, "A noniterative
+# method for reconstruction of phase from STFT magnitude", Table I); lambda links the phase
+# gradient of the STFT to the gradient of its log-magnitude.
+HANN_LAMBDA = 0.25645
+
 
 def read_audio(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
     """Read a file (path, ``-`` for stdin, or a binary file object) -> ((C, T) float32, rate)."""
@@ -340,23 +351,29 @@ class MelFrontend:
         """(T, n_mels) mel power -> (n_freqs, T) linear power, non-negative."""
         return (power_tf @ self.mel_fb_pinv.to(power_tf.device)).clamp_min(0.0).T
 
-    def griffin_lim(self, power_ft: torch.Tensor, iterations: int = 32, momentum: float = 0.99
-                    ) -> torch.Tensor:
-        """(n_freqs, T) linear power -> (T * hop,) audio, deterministic (zero initial phase).
+    def griffin_lim(self, power_ft: torch.Tensor, iterations: int = GRIFFIN_LIM_ITERATIONS,
+                    momentum: float = 0.99, phase_ft: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_freqs, T) linear power -> (T * hop,) audio, deterministic.
 
         The fast Griffin-Lim with momentum of torchaudio's ``griffinlim``, step for step, with a
-        cheaper inverse STFT (``_istft``). Frame k is centred on sample k * hop; the last hop
-        after the last centre is silent."""
+        cheaper inverse STFT (``_istft``), started from ``phase_ft`` (radians) if given, else from
+        ``initial_phase``: that start is already about as close as 32 iterations from zero phase
+        (docs/benchmarks.md), so a few iterations polish it. Frame k is centred on sample k * hop;
+        the last hop after the last centre is silent."""
         c = self.config
         frames = power_ft.shape[-1]
         minimum = c.n_fft // (2 * c.hop_length) + 2  # the STFT's reflect padding needs > n_fft/2 samples
         if frames < minimum:  # very short audio: add silent frames, then trim
             padded = torch.nn.functional.pad(power_ft, (0, minimum - frames))
-            return self.griffin_lim(padded, iterations, momentum)[: frames * c.hop_length]
+            if phase_ft is not None:
+                phase_ft = torch.nn.functional.pad(phase_ft, (0, minimum - frames))
+            return self.griffin_lim(padded, iterations, momentum, phase_ft)[: frames * c.hop_length]
         length = (frames - 1) * c.hop_length
         magnitude = power_ft.sqrt()
         window = self.window.to(power_ft.device)
-        angles = torch.ones_like(magnitude, dtype=torch.complex64)
+        if phase_ft is None:
+            phase_ft = self.initial_phase(magnitude)
+        angles = torch.polar(torch.ones_like(magnitude), phase_ft.to(magnitude.dtype))
         previous = torch.zeros_like(angles)
         for _ in range(iterations):
             audio = self._istft(magnitude * angles, length)
@@ -367,6 +384,74 @@ class MelFrontend:
             previous = rebuilt
         audio = self._istft(magnitude * angles, length)
         return torch.nn.functional.pad(audio, (0, c.hop_length))
+
+    def initial_phase(self, magnitude_ft: torch.Tensor) -> torch.Tensor:
+        """(n_freqs, T) STFT magnitude -> (n_freqs, T) phase in radians for Griffin-Lim to start from.
+
+        Phase-gradient integration (Prusa et al. 2017, see ``HANN_LAMBDA``): for a Gaussian-like
+        window the phase's rate of change along time (the instantaneous frequency) follows from
+        the slope of the log-magnitude across frequency, and its rate along frequency (the time
+        position of energy) from the slope of the log-magnitude across time. Their PGHI
+        integrates these gradients with a heap, coefficient by coefficient from the loudest,
+        which in Python costs more than all the Griffin-Lim iterations it saves (0.24-0.33 s per
+        10 s clip here). Instead, in every frame each bin takes the phase of the spectral peak
+        whose lobe it lies in (from the valley below the peak to the valley above it), plus the
+        frequency gradient integrated from the peak to it (identity phase locking, Laroche and
+        Dolson 1999); a peak takes the phase its bin had in the previous frame plus the time
+        gradient integrated over the hop. That recursion runs along chains of peaks through
+        the frames; it is evaluated for all frames at once by pointer jumping (log2 of the
+        chain length rounds of gathers), not by a loop over frames. Its start is as good as the
+        heap's here (docs/benchmarks.md). Phases are not wrapped to [0, 2 pi)."""
+        c = self.config
+        a, m_fft = c.hop_length, c.n_fft
+        lam = HANN_LAMBDA * c.win_length ** 2
+        two_pi = 2 * math.pi
+        log_mag = magnitude_ft.T.float().clamp_min(1e-30).log()  # (T, F), frame-major
+        log_mag = log_mag.clamp_min(log_mag.max() - c.db_range / 20 * math.log(10))
+        frames, bins = log_mag.shape
+        pad = torch.nn.functional.pad
+        d_freq = pad((log_mag[:, 2:] - log_mag[:, :-2]) / 2, (1, 1))
+        d_time = pad((log_mag[2:] - log_mag[:-2]) / 2, (0, 0, 1, 1))
+        bin_index = torch.arange(bins, device=log_mag.device)
+        # Phase advance per hop (the instantaneous frequency), and per bin from the frequency
+        # gradient, trapezoid rule; the pi per bin is torch.stft's phase reference, the frame's
+        # first sample, n_fft / 2 before the window's centre.
+        time_gradient = (a * m_fft / lam) * d_freq + (two_pi * a / m_fft) * bin_index
+        bin_step = (-lam / (2 * a * m_fft)) * (d_time[:, 1:] + d_time[:, :-1]) + math.pi
+        along = pad(torch.cumsum(bin_step, 1), (1, 0))  # integrated from bin 0 to bin m
+
+        below = pad(log_mag[:, :-1], (1, 0), value=-math.inf)
+        above = pad(log_mag[:, 1:], (0, 1), value=-math.inf)
+        is_peak = (log_mag > below) & (log_mag >= above)  # every frame has one: its first maximum
+        is_valley = (log_mag <= below) & (log_mag < above)
+        last_peak = torch.cummax(torch.where(is_peak, bin_index, -1), 1).values
+        last_valley = torch.cummax(torch.where(is_valley, bin_index, -1), 1).values
+        next_peak = torch.cummin(torch.where(is_peak, bin_index, bins).flip(1), 1).values.flip(1)
+        # Falling from the last peak (no valley since) -> that peak; rising -> the next one.
+        owner = torch.where((last_peak > last_valley) | (next_peak == bins), last_peak, next_peak)
+
+        # Peaks numbered in frame-major order: rank[n * F + m] is the number of the last peak at or
+        # before (n, m), so rank at a peak's position is that peak's number.
+        rank = torch.cumsum(is_peak.reshape(-1), 0) - 1
+        owner_flat = owner + (torch.arange(frames, device=log_mag.device) * bins)[:, None]
+        frame, peak_bin = is_peak.nonzero(as_tuple=True)
+        earlier = (frame - 1).clamp_min(0)
+        earlier_owner = owner_flat[earlier, peak_bin]
+        first = frame == 0
+        parent = torch.where(first, rank[frame * bins + peak_bin], rank[earlier_owner])
+        offset = (along[earlier, peak_bin] - along.reshape(-1)[earlier_owner]
+                  + (time_gradient[earlier, peak_bin] + time_gradient[frame, peak_bin]) / 2)
+        offset = torch.where(first, 0.0, torch.remainder(offset, two_pi))  # first-frame peaks: 0
+        # Pointer jumping: offset[i] is the phase of peak i minus that of peak parent[i]; each
+        # round doubles the distance jumped, until every parent is a first-frame peak.
+        while True:
+            grandparent = parent[parent]
+            if torch.equal(grandparent, parent):
+                break
+            offset = torch.remainder(offset + offset[parent], two_pi)
+            parent = grandparent
+        base = offset - along[frame, peak_bin]  # each peak's phase less its own frequency integral
+        return (base[rank[owner_flat]] + along).T.to(magnitude_ft.dtype)
 
     def _istft(self, spec_ft: torch.Tensor, length: int) -> torch.Tensor:
         """Inverse of a centred ``torch.stft`` with this front-end's window.
@@ -403,12 +488,12 @@ class MelFrontend:
         return self._envelope_value
 
     def synthesize(self, power_tf: torch.Tensor, block_frames: int = 1024, overlap: int = 32,
-                   iterations: int = 32) -> torch.Tensor:
+                   iterations: int = GRIFFIN_LIM_ITERATIONS) -> torch.Tensor:
         """(T, n_mels) mel power -> (T * hop,) audio; see ``synthesize_stream``."""
         return torch.cat(list(self.synthesize_stream([power_tf], block_frames, overlap, iterations)))
 
     def synthesize_stream(self, power_chunks: Iterable[torch.Tensor], block_frames: int = 1024,
-                          overlap: int = 32, iterations: int = 32) -> Iterator[torch.Tensor]:
+                          overlap: int = 32, iterations: int = GRIFFIN_LIM_ITERATIONS) -> Iterator[torch.Tensor]:
         """(T_i, n_mels) mel power chunks -> audio chunks, T * hop samples in all.
 
         Each block of ``block_frames`` is inverted with ``overlap`` frames of context on both

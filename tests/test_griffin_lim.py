@@ -1,0 +1,111 @@
+"""The decoder's spectrogram inversion against torchaudio's Griffin-Lim, the issue's reference.
+
+Timings are compared within one test, on the same signal, interleaved and each the minimum of
+several runs, on one thread (two threads contending with other work for two cores stall on each
+other), so that other work on a shared machine slows both sides alike.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+import torchaudio
+
+import bsqaudio
+from bsqaudio.audio import MelFrontend
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def frontend() -> MelFrontend:
+    return MelFrontend(bsqaudio.preset("tiny"))  # every preset shares the STFT settings
+
+
+def voice_like(seconds: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """Syllables of a harmonic voice whose pitch glides (110-220 Hz, 20 harmonics with a falling
+    spectral envelope), separated by short pauses, plus breath-like noise: real-looking audio
+    with onsets, moving partials and noise, like the speech the decoder inverts."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * RATE)) / RATE
+    pitch = 165 + 55 * torch.sin(2 * math.pi * 0.7 * t)
+    phase = 2 * math.pi * torch.cumsum(pitch, 0) / RATE
+    voice = sum(torch.sin(k * phase) / k for k in range(1, 21) if k * 220 < RATE / 2)
+    syllables = torch.sin(math.pi * 3.0 * t).clamp_min(0.0) ** 2  # 3 Hz on-off envelope
+    noise = 0.02 * torch.randn(t.shape[0], generator=gen)
+    return (0.1 * voice * syllables + noise).float()
+
+
+def stft_magnitude(frontend: MelFrontend, audio: torch.Tensor) -> torch.Tensor:
+    c = frontend.config
+    return torch.stft(audio, c.n_fft, c.hop_length, c.win_length, frontend.window, center=True,
+                      pad_mode="reflect", return_complex=True).abs()
+
+
+def convergence(frontend: MelFrontend, magnitude: torch.Tensor, audio: torch.Tensor) -> float:
+    """||S - |STFT(audio)||| / ||S||: how far the inverted audio's magnitude is from the target."""
+    rebuilt = stft_magnitude(frontend, audio)[:, : magnitude.shape[1]]
+    return float(torch.linalg.norm(magnitude - rebuilt) / torch.linalg.norm(magnitude))
+
+
+def best_of(repeats: int, runs: dict) -> dict:
+    """name -> callable; run them in turn ``repeats`` times -> name -> shortest wall time."""
+    best = {name: math.inf for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def test_reaches_torchaudio_32_iteration_quality_in_half_its_time(frontend):
+    c = frontend.config
+    magnitude = stft_magnitude(frontend, voice_like())
+    power = magnitude ** 2
+    reference = torchaudio.transforms.GriffinLim(
+        n_fft=c.n_fft, n_iter=32, win_length=c.win_length, hop_length=c.hop_length, power=2.0,
+        momentum=0.99)
+    torch.manual_seed(0)  # torchaudio starts from random phase
+    target = convergence(frontend, magnitude, reference(power))
+
+    # The fewest of our iterations that reach torchaudio's 32-iteration spectral convergence.
+    needed = next((k for k in range(33)
+                   if convergence(frontend, magnitude, frontend.griffin_lim(power, k)) <= target), None)
+    assert needed is not None, f"32 of our iterations do not reach torchaudio's convergence {target:.4f}"
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = best_of(5, {"ours": lambda: frontend.griffin_lim(power, needed),
+                           "torchaudio": lambda: reference(power)})
+    finally:
+        torch.set_num_threads(threads)
+    assert best["ours"] <= 0.5 * best["torchaudio"], (
+        f"ours: {needed} iterations in {best['ours'] * 1e3:.1f} ms; torchaudio: 32 in "
+        f"{best['torchaudio'] * 1e3:.1f} ms (spectral convergence {target:.4f})")
+
+
+def test_default_inversion_is_closer_than_torchaudio_32_iterations(frontend):
+    """What decoding does by default (``GRIFFIN_LIM_ITERATIONS``) is closer than the reference."""
+    c = frontend.config
+    magnitude = stft_magnitude(frontend, voice_like(seed=1))
+    torch.manual_seed(0)
+    reference = torchaudio.transforms.GriffinLim(
+        n_fft=c.n_fft, n_iter=32, win_length=c.win_length, hop_length=c.hop_length, power=2.0,
+        momentum=0.99)(magnitude ** 2)
+    ours = frontend.griffin_lim(magnitude ** 2)
+    assert convergence(frontend, magnitude, ours) < convergence(frontend, magnitude, reference)
+
+
+def test_phase_gradient_start_is_already_close(frontend):
+    """Before any iteration, the phase-gradient start rebuilds the magnitude far better than
+    zero phase does (zero phase puts every frame's energy in one click at its centre)."""
+    magnitude = stft_magnitude(frontend, voice_like(seed=2))
+    start = convergence(frontend, magnitude, frontend.griffin_lim(magnitude ** 2, 0))
+    zero = convergence(frontend, magnitude,
+                       frontend.griffin_lim(magnitude ** 2, 0, phase_ft=torch.zeros_like(magnitude)))
+    assert start < 0.2 < 0.9 < zero
