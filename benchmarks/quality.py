@@ -450,11 +450,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="model folder, .safetensors or Hub id for the bsqaudio system (default: embedded)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here "
                         "(rewritten after every file)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="with --from-json: add the systems this report lacks (e.g. the reference "
+                             "codecs, which a new model does not change) from an earlier report on the "
+                             "same files and settings")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="do not evaluate: re-summarize and print a report written by --json")
     args = parser.parse_args(argv)
     if args.from_json:
         report = json.loads(args.from_json.read_text())
+        if args.reuse:
+            reuse_systems(report, json.loads(args.reuse.read_text()), args.reuse)
         report["summary"] = {}
         finish(report)
         return 0
@@ -538,6 +544,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def reuse_systems(report: dict, earlier: dict, source: Path) -> None:
+    """Copy into ``report`` the per-file results of systems it did not run from ``earlier``, a
+    report on the same files with the same truncation; refuse anything that does not line up."""
+    for key in ("max_seconds", "music_max_seconds"):
+        if report["settings"][key] != earlier["settings"][key]:
+            raise SystemExit(f"quality.py: --reuse {source}: its {key} differs from this report's")
+    rows = {(r["path"], r.get("duration_s")): r for r in earlier["files"] if "error" not in r}
+    added = [n for n in earlier["settings"]["systems"] if n not in report["settings"]["systems"]]
+    for row in report["files"]:
+        if "error" in row:
+            continue
+        match = rows.get((row["path"], row.get("duration_s")))
+        if match is None:
+            raise SystemExit(f"quality.py: --reuse {source} has no result for {row['path']}")
+        for name in added:
+            if name in match["systems"]:
+                row["systems"][name] = match["systems"][name]
+    report["settings"]["systems"] = report["settings"]["systems"] + added
+    report["settings"]["reused"] = {"from": str(source), "date_utc": earlier["date_utc"],
+                                    "systems": added}
+
+
 def finish(report: dict) -> None:
     """Summarize ``report`` per kind (into report["summary"]) and print the tables."""
     names = report["settings"]["systems"]
@@ -572,7 +600,12 @@ def finish(report: dict) -> None:
     print("bit/s = file size x 8 / duration, totals over the table's files (bsqaudio: .bsq "
           "file with header; codes = token bitrate).\nAlignment: log-spectrogram "
           "cross-correlation over +-50 ms refined by waveform cross-correlation over +-1 ms, "
-          "identical for every system.\n")
+          "identical for every system.")
+    reused = settings.get("reused")
+    if reused:
+        print(f"Rows of {', '.join(reused['systems'])} reused from {reused['from']} "
+              f"({reused['date_utc']}), the same files and settings.")
+    print()
     print("\n\n".join(tables))
     target = report["summary"].get("speech", {}).get("target")
     if target:

@@ -111,3 +111,23 @@ def test_external_codecs_round_trip(tmp_path):
     assert abs(decoded.shape[0] - wave.shape[0]) < 400 and bits == pytest.approx(1200, rel=0.1)
     decoded, bits = quality.run_opus(wave, 8, tmp_path)
     assert decoded.shape[0] == wave.shape[0] and bits > 0
+
+
+def test_reuse_adds_missing_systems_from_an_earlier_report(tmp_path):
+    """A new model's run of bsqaudio alone borrows the reference codecs' rows of an earlier run
+    on the same files, and refuses one that does not cover them."""
+    def report(systems: dict[str, float], paths: list[str], date: str) -> dict:
+        return {"date_utc": date, "settings": {"max_seconds": None, "music_max_seconds": 60.0,
+                                               "systems": list(systems)},
+                "files": [{"path": p, "duration_s": 2.0, "systems": {n: {"stoi": v} for n, v in systems.items()}}
+                          for p in paths]}
+
+    new = report({"bsqaudio": 0.8}, ["a.flac", "b.flac"], "new")
+    quality.reuse_systems(new, report({"bsqaudio": 0.7, "codec2-1200": 0.75}, ["a.flac", "b.flac", "c.flac"],
+                                      "old"), tmp_path / "old.json")
+    assert new["settings"]["systems"] == ["bsqaudio", "codec2-1200"]
+    assert [f["systems"] for f in new["files"]] == [{"bsqaudio": {"stoi": 0.8}, "codec2-1200": {"stoi": 0.75}}] * 2
+    assert new["settings"]["reused"]["systems"] == ["codec2-1200"]
+    with pytest.raises(SystemExit, match="no result for b.flac"):
+        quality.reuse_systems(report({"bsqaudio": 0.8}, ["a.flac", "b.flac"], "new"),
+                              report({"opus-6k": 0.9}, ["a.flac"], "old"), tmp_path / "old.json")
