@@ -200,3 +200,17 @@ def test_cli_workers_match_in_process_reading(corpus, tmp_path, tiny_model_dir):
     rows = [{r["path"]: r["tokens"] for r in map(json.loads, (tmp_path / f"w{w}.jsonl").read_text().splitlines())}
             for w in (0, 2)]
     assert len(rows[0]) == len(files) and rows[0] == rows[1]
+
+
+def test_rewriting_an_output_removes_temporaries_of_a_killed_run(tmp_path):
+    """SIGKILL cannot be handled, so a killed run may leave `.NAME.<random>.part`; the next
+    successful write of NAME removes it (and leaves other files' temporaries alone)."""
+    from bsqaudio.audio import temporary_path, write_bytes_atomic
+
+    target, other = tmp_path / "clip.bsq", tmp_path / "clip2.bsq"
+    stale, unrelated = temporary_path(target), temporary_path(other)
+    stale.write_bytes(b"half")
+    unrelated.write_bytes(b"half")
+    write_bytes_atomic(target, b"done")
+    assert target.read_bytes() == b"done"
+    assert not stale.exists() and unrelated.exists()
