@@ -103,7 +103,7 @@ def run_measured(args: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--clips", type=int, default=1000, help="0: only the long-file runs")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--long-minutes", type=float, default=60.0)
@@ -118,7 +118,7 @@ def main() -> None:
         paths, clip_seconds = make_clips(tmp / "clips", args.clips)
         listing = tmp / "clips.txt"
         listing.write_text("".join(f"{p}\n" for p in paths))
-        for workers in args.workers:
+        for workers in args.workers if args.clips else []:
             out = tmp / f"out-clips-{workers}"
             result = run_measured(["encode", "--from", str(listing), "--out-dir", str(out), "--quiet",
                                    "--workers", str(workers), "--batch-size", str(args.batch_size), *model])
