@@ -167,9 +167,6 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
             tally.skipped(job, target)
         else:
             todo.append(job)
-    # One file gains nothing from a reader process but the memory of one (reading is a few percent
-    # of the work next to the model); two files or more overlap reading with the model.
-    workers = min(workers, max(0, len(todo) - 1))
     for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers):
         job = todo[index]
         if codes is None:
