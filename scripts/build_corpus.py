@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import zipfile
 from collections import Counter
@@ -40,9 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run
+from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run, to_flac
 
-SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
 AUDIO_EXTS = {".g722", ".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3"}
 ZIP_EXTS = {".pk3"}  # zip archives (Quake-engine game data) holding audio
@@ -152,42 +150,9 @@ def convert(item: Item, dest: Path) -> str | None:
                 stdin = archive.read(item.member)
         source = "pipe:0" if item.member else str(item.file)
         fmt = ["-f", "g722"] if item.source.endswith(".g722") else []  # raw codec, no header
-        partial = dest.with_name(dest.name + ".partial")
-        cmd = [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            *fmt,
-            "-i",
-            source,
-            "-map",
-            "0:a:0",
-            "-ac",
-            "1",
-            "-ar",
-            str(SAMPLE_RATE),
-            "-sample_fmt",
-            "s16",
-            "-map_metadata",
-            "-1",
-            "-fflags",
-            "+bitexact",
-            "-flags:a",
-            "+bitexact",
-            "-c:a",
-            "flac",
-            "-f",
-            "flac",
-            str(partial),
-        ]
-        result = subprocess.run(cmd, input=stdin, capture_output=True)
-        if result.returncode:
-            partial.unlink(missing_ok=True)
-            lines = result.stderr.decode(errors="replace").strip().splitlines()
-            return "ffmpeg cannot decode: " + (lines[-1] if lines else f"exit {result.returncode}")
-        partial.rename(dest)
+        error = to_flac([*fmt, "-i", source], dest, stdin)
+        if error:
+            return error
     item.flac = dest
     item.duration = flac_duration(dest)
     return None if item.duration >= MIN_SECONDS else f"too short ({item.duration:.2f} s)"

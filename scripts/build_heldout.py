@@ -38,14 +38,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run
+from debian_audio import deb_path, die, fetch, flac_duration, require_tools, run, to_flac
 
-SAMPLE_RATE = 16000
 MUSIC_SECONDS = 60.0
 SPLIT = "heldout"
 AUDIO_EXTS = {".g722", ".gsm", ".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3"}
@@ -257,43 +255,9 @@ def convert(item: Item, dest: Path, max_seconds: float | None) -> str | None:
         ext = item.file.suffix.lower()
         fmt = ["-f", RAW_FORMATS[ext]] if ext in RAW_FORMATS else []
         cut = ["-t", f"{max_seconds:g}"] if max_seconds else []
-        partial = dest.with_name(dest.name + ".partial")
-        cmd = [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            *fmt,
-            "-i",
-            str(item.file),
-            *cut,
-            "-map",
-            "0:a:0",
-            "-ac",
-            "1",
-            "-ar",
-            str(SAMPLE_RATE),
-            "-sample_fmt",
-            "s16",
-            "-map_metadata",
-            "-1",
-            "-fflags",
-            "+bitexact",
-            "-flags:a",
-            "+bitexact",
-            "-c:a",
-            "flac",
-            "-f",
-            "flac",
-            str(partial),
-        ]
-        result = subprocess.run(cmd, capture_output=True)
-        if result.returncode:
-            partial.unlink(missing_ok=True)
-            lines = result.stderr.decode(errors="replace").strip().splitlines()
-            return "ffmpeg cannot decode: " + (lines[-1] if lines else f"exit {result.returncode}")
-        partial.rename(dest)
+        error = to_flac([*fmt, "-i", str(item.file), *cut], dest)
+        if error:
+            return error
     item.flac = dest
     item.duration = flac_duration(dest)
     return None

@@ -56,6 +56,25 @@ def fetch(package: str, work: Path) -> tuple[Path, Path]:
     return deb, tree
 
 
+SAMPLE_RATE = 16000
+
+
+def to_flac(source: list[str], dest: Path, stdin: bytes | None = None) -> str | None:
+    """ffmpeg ``source`` (input options, ``-i`` and any output cut) -> 16 kHz mono s16 FLAC at
+    ``dest``, bit-exact and without metadata, via a ``.partial`` name; an error line or None."""
+    partial = dest.with_name(dest.name + ".partial")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *source, "-map", "0:a:0", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-sample_fmt", "s16", "-map_metadata", "-1",
+           "-fflags", "+bitexact", "-flags:a", "+bitexact", "-c:a", "flac", "-f", "flac", str(partial)]
+    result = subprocess.run(cmd, input=stdin, capture_output=True)
+    if result.returncode:
+        partial.unlink(missing_ok=True)
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        return "ffmpeg cannot decode: " + (lines[-1] if lines else f"exit {result.returncode}")
+    partial.rename(dest)
+    return None
+
+
 def flac_duration(path: Path) -> float:
     """Duration from the FLAC STREAMINFO block (ffmpeg fills in the sample count)."""
     with open(path, "rb") as f:
