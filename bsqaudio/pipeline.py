@@ -82,9 +82,8 @@ def _worker_init(_: int) -> None:
 @dataclass
 class _Open:
     """A file whose windows are in flight: codes arrive batch by batch, in window order."""
-    windows: int = 0  # windows read so far
-    indices: list[torch.Tensor] = field(default_factory=list)
-    gains: list[float] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)  # one per window read
+    indices: list[torch.Tensor] = field(default_factory=list)  # one (1, patches) row per window encoded
     end: tuple[int, int, int] | None = None  # (samples, rate, channels) once fully read
 
 
@@ -102,7 +101,7 @@ def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
 
     def finished(index: int) -> bool:
         state = open_files[index]
-        return state.end is not None and sum(i.shape[0] for i in state.indices) == state.windows
+        return state.end is not None and len(state.indices) == len(state.gains)
 
     def complete(index: int) -> tuple[int, Codes, None]:
         state = open_files.pop(index)
@@ -124,7 +123,6 @@ def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
         kind, index = message[0], message[1]
         state = open_files.setdefault(index, _Open())
         if kind == "window":
-            state.windows += 1
             state.gains.append(message[3])
             batch.append((index, message[2]))
             if len(batch) == codec.batch_size:
