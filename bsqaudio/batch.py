@@ -125,10 +125,14 @@ class _Tally:
         self.on_event = on_event
         self.start = time.time()
 
-    def skipped(self, job: Job, target: Path) -> None:
+    def already_done(self, job: Job, target: Path | None, skip_existing: bool) -> bool:
+        """True (and counted as skipped) when --skip-existing finds ``target`` already written."""
+        if target is None or not skip_existing or not target.exists():
+            return False
         self.summary.skipped += 1
         if self.on_event:
             self.on_event("skipped", job, str(target))
+        return True
 
     def failed(self, job: Job, reason: str) -> None:
         self.summary.failed += 1
@@ -160,13 +164,7 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
     def target_of(job: Job) -> Path | None:
         return output_path(out_dir, job, fmt) if out_dir is not None and fmt != "jsonl" else None
 
-    todo = []
-    for job in jobs:
-        target = target_of(job)
-        if target is not None and skip_existing and target.exists():
-            tally.skipped(job, target)
-        else:
-            todo.append(job)
+    todo = [job for job in jobs if not tally.already_done(job, target_of(job), skip_existing)]
     for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers):
         job = todo[index]
         if codes is None:
@@ -196,8 +194,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
     tally = _Tally(on_event)
     for job in jobs:
         target = output_path(out_dir, job, fmt)
-        if skip_existing and target.exists():
-            tally.skipped(job, target)
+        if tally.already_done(job, target, skip_existing):
             continue
         try:
             codes = load_bsq(job.source)
