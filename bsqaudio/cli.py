@@ -420,6 +420,8 @@ def train(
     warmup: int = 500,
     loss: Annotated[str, typer.Option(help="mse or l1, on dB/40.")] = "mse",
     quantizer_weight: float = 0.1,
+    codebook_weight: Annotated[float, typer.Option(
+        help="Weight of the bit-balance (codebook entropy) term within the quantizer loss.")] = 1.0,
     spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
     time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
     discriminator: Annotated[bool, typer.Option(
@@ -463,7 +465,8 @@ def train(
     settings = TrainSettings(
         inputs=inputs, out=str(out), preset=preset, config_overrides=overrides, steps=steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_per_sample=lr_per_sample,
-        warmup=warmup, loss=loss, quantizer_weight=quantizer_weight, spec_augment=spec_augment,
+        warmup=warmup, loss=loss, quantizer_weight=quantizer_weight, codebook_weight=codebook_weight,
+        spec_augment=spec_augment,
         time_masks=time_masks, time_mask_width=time_mask_width, freq_masks=freq_masks,
         freq_mask_width=freq_mask_width, discriminator=discriminator, disc_start=disc_start,
         disc_weight=disc_weight, ema_decay=ema_decay, val_fraction=val_fraction,

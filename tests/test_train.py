@@ -499,3 +499,14 @@ def test_init_from_starts_with_the_given_weights(tmp_path, corpus):
     with pytest.raises(BsqAudioError, match="config differs"):
         train(settings(tmp_path / "third", corpus, steps=1, init_from=str(first / "export"),
                        config_overrides={"code_bits": 8}))
+
+
+def test_codebook_weight_scales_the_bit_balance_term(tmp_path, corpus):
+    """The logged quantizer loss holds -weight x codebook entropy (at most ln 2 per bit): the same
+    first step with weight 0 and weight 1 differs by that entropy, which is near ln 2 at init."""
+    first_losses = []
+    for weight in (0.0, 1.0):
+        run = tmp_path / f"w{weight}"
+        train(settings(run, corpus, steps=1, log_every=1, codebook_weight=weight))
+        first_losses.append(records(run, "train")[0]["quant"])
+    assert 0.3 < first_losses[0] - first_losses[1] <= math.log(2) + 1e-6

@@ -59,6 +59,7 @@ class TrainSettings:
     loss: str = "mse"
     quantizer_weight: float = 0.1
     quantizer_warmup: int = 1000  # steps over which the quantizer loss ramps in
+    codebook_weight: float = 1.0  # the quantizer's gamma: weight of the bit-balance (codebook entropy) term
     spec_augment: bool = True
     time_masks: int = 2
     time_mask_width: int = 40
@@ -212,6 +213,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                                 f"(preset {s.preset} with --set overrides)")
         model.load_state_dict(start.state_dict())
         run.log(f"initialised from {s.init_from}")
+    model.quantizer.gamma = s.codebook_weight
     model.set_grad_checkpointing(s.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
