@@ -40,7 +40,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an exis
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    help="Reader processes for many files (0: read in the main process) [default: CPU cores - 1].",
+    help="Reader processes for many files (0: read in the main process) [default: CPU cores - 2, at least 0].",
     min=0, show_default=False)]
 
 

@@ -25,6 +25,7 @@ from bsqaudio.audio import (
 )
 from bsqaudio.bitstream import Codes
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.heap import release_freed_memory
 from bsqaudio.hub import Pretrained, from_pretrained
 
 Progress = Callable[[int, int], None]  # (done, total) windows
@@ -138,7 +139,9 @@ class Codec:
     def encode_mel(self, mel_bfm: torch.Tensor) -> torch.Tensor:
         """(B, frames, n_mels) normalized mel windows -> (B, patches) code indices on the CPU."""
         with self._autocast():
-            return self.model.encode(mel_bfm.to(self.device)).indices.cpu()
+            indices = self.model.encode(mel_bfm.to(self.device)).indices.cpu()
+        release_freed_memory()
+        return indices
 
     def make_codes(self, window_indices: torch.Tensor, gains_db: torch.Tensor, num_samples: int,
                    source_rate: int, source_channels: int) -> Codes:
@@ -204,6 +207,7 @@ class Codec:
                 mel = self.model.decode_indices(batch)
             gains = codes.gains_db[first: first + self.batch_size]
             power = self.frontend.denormalize(mel.float().cpu(), gains).reshape(-1, c.n_mels)
+            release_freed_memory()
             yield power[:remaining]
             remaining -= min(remaining, power.shape[0])
             if progress:

@@ -214,3 +214,11 @@ def test_rewriting_an_output_removes_temporaries_of_a_killed_run(tmp_path):
     write_bytes_atomic(target, b"done")
     assert target.read_bytes() == b"done"
     assert not stale.exists() and unrelated.exists()
+
+
+def test_default_workers_leave_two_cores_to_the_model(monkeypatch):
+    from bsqaudio import pipeline
+
+    for cores, expected in ((1, 0), (2, 0), (4, 2), (64, 8)):
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
+        assert pipeline.default_workers() == expected
