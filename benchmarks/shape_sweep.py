@@ -28,6 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bsqaudio.model import AudioBSQ, preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import flop_formula_fixes  # noqa: E402  (a sibling script: counts CPU attention)
+
 # (label, --set overrides relative to `small`)
 SHAPES: list[tuple[str, list[str]]] = [
     ("small (w256 d5+5 L36 conv)", []),
@@ -60,7 +63,7 @@ def encode_cost(config) -> tuple[float, float, int]:
     model = AudioBSQ(config).eval()
     mel = torch.rand(8, config.window_frames, config.n_mels) * 2 - 1
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=flop_formula_fixes()) as counter:
             model.encode(mel[:1])
         model.encode(mel)
         best = float("inf")
