@@ -104,18 +104,17 @@ class Codec:
                       progress: Progress | None = None, expected_samples: int | None = None) -> Codes:
         """(T,) chunks of audio at the model's rate -> Codes, holding only a batch of windows.
 
-        A window is analysed as soon as its samples (and half an FFT of context) have arrived,
-        and windows are run through the model ``batch_size`` at a time."""
+        A window is analysed as soon as its samples (and half an FFT of context) have arrived, one
+        window at a time (the STFT of a whole batch at once was the largest transient of an
+        encode), and windows are run through the model ``batch_size`` at a time."""
         cutter = WindowCutter(self.frontend)
-        pending: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []  # (frames, n_mels) normalized mel of windows not yet encoded
         indices: list[torch.Tensor] = []
         gains: list[torch.Tensor] = []
         expected_windows = self.frontend.num_windows(expected_samples) if expected_samples else 0
 
         def run() -> None:
-            mel, gain = self.frontend.normalize(self.frontend.power_mel(torch.stack(pending)))
-            indices.append(self.encode_mel(mel))
-            gains.append(gain)
+            indices.append(self.encode_mel(torch.stack(pending)))
             pending.clear()
             if progress:
                 done = sum(i.shape[0] for i in indices)
@@ -123,7 +122,9 @@ class Codec:
 
         def take(segments: list[torch.Tensor]) -> None:
             for segment in segments:
-                pending.append(segment)
+                mel, gain = self.frontend.normalize(self.frontend.power_mel(segment[None]))
+                pending.append(mel[0])
+                gains.append(gain)
                 if len(pending) == self.batch_size:
                     run()
 
