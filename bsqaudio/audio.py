@@ -356,6 +356,13 @@ class MelFrontend:
         segments = torch.stack([self.window_segment(wave, i) for i in range(first, first + count)])
         return self.normalize(self.power_mel(segments))
 
+    def analyze_segment(self, segment: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One window's segment (as ``WindowCutter`` cuts it) -> normalized mel (frames, n_mels) and
+        its gain in dB. Streams analyse one window at a time: the STFT of a whole batch at once was
+        the largest transient of an encode."""
+        mel, gain = self.normalize(self.power_mel(segment[None]))
+        return mel[0], float(gain[0])
+
     # -- synthesis ------------------------------------------------------------------------------
 
     def mel_to_linear(self, power_tf: torch.Tensor) -> torch.Tensor:

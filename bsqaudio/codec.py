@@ -104,13 +104,12 @@ class Codec:
                       progress: Progress | None = None, expected_samples: int | None = None) -> Codes:
         """(T,) chunks of audio at the model's rate -> Codes, holding only a batch of windows.
 
-        A window is analysed as soon as its samples (and half an FFT of context) have arrived, one
-        window at a time (the STFT of a whole batch at once was the largest transient of an
-        encode), and windows are run through the model ``batch_size`` at a time."""
+        A window is analysed as soon as its samples (and half an FFT of context) have arrived,
+        and windows are run through the model ``batch_size`` at a time."""
         cutter = WindowCutter(self.frontend)
         pending: list[torch.Tensor] = []  # (frames, n_mels) normalized mel of windows not yet encoded
         indices: list[torch.Tensor] = []
-        gains: list[torch.Tensor] = []
+        gains: list[float] = []
         expected_windows = self.frontend.num_windows(expected_samples) if expected_samples else 0
 
         def run() -> None:
@@ -122,8 +121,8 @@ class Codec:
 
         def take(segments: list[torch.Tensor]) -> None:
             for segment in segments:
-                mel, gain = self.frontend.normalize(self.frontend.power_mel(segment[None]))
-                pending.append(mel[0])
+                mel, gain = self.frontend.analyze_segment(segment)
+                pending.append(mel)
                 gains.append(gain)
                 if len(pending) == self.batch_size:
                     run()
@@ -133,7 +132,7 @@ class Codec:
         take(cutter.finish())
         if pending:
             run()
-        return self.make_codes(torch.cat(indices), torch.cat(gains), cutter.total, source_rate,
+        return self.make_codes(torch.cat(indices), torch.tensor(gains), cutter.total, source_rate,
                                source_channels)
 
     @torch.inference_mode()

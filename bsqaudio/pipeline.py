@@ -74,10 +74,9 @@ class _WindowReader(IterableDataset):
 
     def _windows(self, index: int, segments: list[torch.Tensor]) -> Iterator[tuple]:
         for segment in segments:
-            mel, gain = self.frontend.normalize(self.frontend.power_mel(segment[None]))
             # The gain travels as a float: every tensor a worker sends is a shared-memory segment
             # (a file descriptor) for as long as it lives, and gains live as long as their file.
-            yield ("window", index, mel[0], float(gain[0]))
+            yield ("window", index, *self.frontend.analyze_segment(segment))
             release_freed_memory()
 
 
