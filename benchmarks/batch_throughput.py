@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import make_wav  # noqa: E402  (the same generated long input as benchmarks/memory.py)
+from train_throughput import machine  # noqa: E402  (CPU model, cores, torch, load average)
 
 
 def make_clips(folder: Path, count: int, seed: int = 0) -> tuple[list[Path], float]:
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     model = ["--model", args.model] if args.model else []
+    machine_before = machine()  # includes the load average: other work skews these numbers
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -151,9 +152,7 @@ def main() -> None:
         print(f"{row['input']} peak / {base['input']} peak: {row['peak_over_first']:.3f}")
     print("(target: 60-minute file within 1.10 of the 1-minute file)")
     report = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "python": platform.python_version()},
-              "load_before": os.getloadavg(), "rows": rows}
+              "machine": machine_before, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
