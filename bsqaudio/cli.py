@@ -422,6 +422,9 @@ def train(
     quantizer_weight: float = 0.1,
     codebook_weight: Annotated[float, typer.Option(
         help="Weight of the bit-balance (codebook entropy) term within the quantizer loss.")] = 1.0,
+    codebook_group: Annotated[int, typer.Option(
+        help="Bits per group in that term (divides L): above 1 it also penalizes bits that copy "
+             "each other (BSQ-ViT's grouped entropy).")] = 1,
     spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
     time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
     discriminator: Annotated[bool, typer.Option(
@@ -466,6 +469,7 @@ def train(
         inputs=inputs, out=str(out), preset=preset, config_overrides=overrides, steps=steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_per_sample=lr_per_sample,
         warmup=warmup, loss=loss, quantizer_weight=quantizer_weight, codebook_weight=codebook_weight,
+        codebook_group=codebook_group,
         spec_augment=spec_augment,
         time_masks=time_masks, time_mask_width=time_mask_width, freq_masks=freq_masks,
         freq_mask_width=freq_mask_width, discriminator=discriminator, disc_start=disc_start,

@@ -148,3 +148,40 @@ def test_bit_balance_shape_for_model_batch():
     out = q(torch.randn(3, 512, 36))
     assert out.bit_balance.shape == (36,)
     assert ((out.bit_balance >= 0) & (out.bit_balance <= 1)).all()
+
+
+def test_masked_samples_do_not_count_in_the_bit_balance_term():
+    """Padding (here every masked sample is the same 'silence' code) must not tilt the balance the
+    codebook entropy asks of the real samples: the real ones alone are perfectly balanced."""
+    q = BinarySphericalQuantizer(8)
+    real = torch.where(indices_to_bits(torch.arange(256), 8), 1.0, -1.0) * 10.0
+    padding = torch.full((256, 8), 10.0)
+    z = torch.cat([real, padding]).view(2, 256, 8)
+    mask = torch.tensor([True, False])[:, None].expand(2, 256)
+    masked = q(z, mask)
+    assert masked.codebook_entropy > 0.99 * math.log(2)
+    assert q(z).codebook_entropy < 0.85 * math.log(2)  # each bit 3/4 ones: H(0.75) = 0.81 ln 2
+    torch.testing.assert_close(masked.codebook_entropy, q(real).codebook_entropy)
+
+
+def test_grouped_codebook_entropy_sees_copied_bits():
+    """Two bits that always agree are each balanced, so per-bit entropy calls them perfect; the
+    entropy of their joint patterns (2 of 4 used) is half that. Independent balanced bits score
+    ln 2 per bit either way. (A high inverse temperature makes the soft bits crisp.)"""
+    per_bit = BinarySphericalQuantizer(8, inv_temperature=10.0)
+    grouped = BinarySphericalQuantizer(8, inv_temperature=10.0, group_size=2)
+    independent = torch.where(indices_to_bits(torch.arange(256), 8), 1.0, -1.0) * 10.0
+    copied = independent.clone()
+    copied[:, 1::2] = copied[:, 0::2]  # bit 2k+1 repeats bit 2k
+    for q in (per_bit, grouped):
+        assert q(independent).codebook_entropy > 0.99 * math.log(2)
+    assert per_bit(copied).codebook_entropy > 0.99 * math.log(2)
+    torch.testing.assert_close(grouped(copied).codebook_entropy, torch.tensor(math.log(2) / 2), atol=1e-3, rtol=0)
+    z = torch.randn(4, 8, requires_grad=True)
+    grouped(z).loss.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_group_size_must_divide_the_bits():
+    with pytest.raises(ValueError, match="divide"):
+        BinarySphericalQuantizer(36, group_size=5)

@@ -28,8 +28,10 @@ from bsqaudio.errors import BsqAudioError
 from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
+from bsqaudio.train.data import AudioCache
 from bsqaudio.train.loop import TrainSettings, learning_rate, train
-from bsqaudio.train.losses import spec_augment
+from bsqaudio.train.losses import reconstruction_loss, spec_augment
+from bsqaudio.train.metrics import real_audio_extent, real_token_mask
 
 RATE = 16000
 BSQAUDIO = shutil.which("bsqaudio")
@@ -418,16 +420,16 @@ def test_the_loss_target_is_the_clean_spectrogram(tmp_path, corpus, monkeypatch)
         seen["augmented"].append(out)
         return out
 
-    def spy_loss(pred, target, kind):
+    def spy_loss(pred, target, kind, frames=None):
         seen["target"].append(target.clone())
-        return real_loss(pred, target, kind)
+        return real_loss(pred, target, kind, frames)
 
     real_forward = AudioBSQ.forward
 
-    def spy_forward(self, mel):
+    def spy_forward(self, mel, token_mask=None):
         if self.training:
             seen["model_in"].append(mel.clone())
-        return real_forward(self, mel)
+        return real_forward(self, mel, token_mask)
 
     monkeypatch.setattr(loop, "spec_augment", spy_augment)
     monkeypatch.setattr(loop, "reconstruction_loss", spy_loss)
@@ -511,3 +513,36 @@ def test_codebook_weight_scales_the_bit_balance_term(tmp_path, corpus):
         train(settings(run, corpus, steps=1, log_every=1, codebook_weight=weight))
         first_losses.append(records(run, "train")[0]["quant"])
     assert 0.3 < first_losses[0] - first_losses[1] <= math.log(2) + 1e-6
+
+
+def test_losses_count_only_the_patches_that_hold_audio(tmp_path):
+    """A 1 s clip in a 10.24 s crop: the crop reports its real length, which marks its first
+    7 patch rows (of 64) as real; the reconstruction loss ignores errors in the padding."""
+    config = preset("tiny")
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.random.default_rng(0).standard_normal(RATE).astype(np.float32) * 0.1, RATE)
+    cache = AudioCache.build([clip], tmp_path / "cache", RATE, log=lambda *_: None)
+    segment = config.window_samples - config.hop_length + config.n_fft
+    wave, real = cache.random_crops(2, segment, torch.Generator().manual_seed(0))
+    assert real.tolist() == [RATE, RATE]
+    assert wave[:, RATE:].abs().max() == 0 and wave[:, :RATE].abs().max() > 0
+    frames, rows = real_audio_extent(real, config)
+    assert frames.tolist() == [(RATE - config.n_fft // 2 + config.hop_length - 1) // config.hop_length] * 2
+    mask = real_token_mask(rows, config)
+    assert mask.shape == (2, config.num_patches)
+    assert mask.sum(1).tolist() == [int(rows[0]) * config.grid_freq] * 2
+    assert mask[:, : config.grid_freq].all() and not mask[:, -config.grid_freq:].any()
+
+    target = torch.zeros(2, config.window_frames, config.n_mels)
+    pred = target.clone()
+    pred[:, int(frames[0]):] = 1.0  # wrong only in the padding
+    assert reconstruction_loss(pred, target, "mse", frames) == 0
+    assert reconstruction_loss(pred, target, "mse") > 0.5
+
+
+def test_codebook_group_is_checked_and_used(tmp_path, corpus):
+    with pytest.raises(BsqAudioError, match="--codebook-group"):
+        train(settings(tmp_path / "bad", corpus, steps=1, codebook_group=5))
+    run = tmp_path / "grouped"
+    train(settings(run, corpus, steps=1, log_every=1, codebook_group=2))
+    assert math.isfinite(records(run, "train")[0]["quant"])

@@ -102,11 +102,12 @@ class AudioBSQ(nn.Module):
         self.encoder.grad_checkpointing = enabled
         self.decoder.grad_checkpointing = enabled
 
-    def encode(self, mel_btf: torch.Tensor) -> QuantizerOutput:
-        """(B, T, F) normalized mel -> quantizer output with indices (B, N)."""
+    def encode(self, mel_btf: torch.Tensor, token_mask: torch.Tensor | None = None) -> QuantizerOutput:
+        """(B, T, F) normalized mel -> quantizer output with indices (B, N); ``token_mask``
+        (B, N) marks the patches the quantizer's bit-balance term counts (training)."""
         c = self.config
         x = self.patch_embed(patchify(mel_btf, c.patch_time, c.patch_freq)) + self.encoder_pos
-        return self.quantizer(self.quant_embed(self.encoder(x)))
+        return self.quantizer(self.quant_embed(self.encoder(x)), token_mask)
 
     def decode_codes(self, codes_bnl: torch.Tensor) -> torch.Tensor:
         """(B, N, L) codes -> (B, T, F) normalized mel in [-1, 1] at inference."""
@@ -122,8 +123,8 @@ class AudioBSQ(nn.Module):
         codes = indices_to_codes(indices_bn, self.config.code_bits)
         return self.decode_codes(codes.to(self.post_quant_embed.weight.dtype))
 
-    def forward(self, mel_btf: torch.Tensor) -> TokenizerOutput:
-        quantized = self.encode(mel_btf)
+    def forward(self, mel_btf: torch.Tensor, token_mask: torch.Tensor | None = None) -> TokenizerOutput:
+        quantized = self.encode(mel_btf, token_mask)
         return TokenizerOutput(self.decode_codes(quantized.codes), quantized)
 
 

@@ -115,11 +115,15 @@ class AudioCache:
 
     def random_crops(self, count: int, length: int, generator: torch.Generator,
                      gain_db: tuple[float, float] = (-12.0, 0.0), silence: float = 1e-3,
-                     tries: int = 8) -> torch.Tensor:
-        """(count, length) float32 crops: a file chosen in proportion to its length, a random
-        start; shorter files are zero-padded; near-silent crops are drawn again (up to ``tries``)."""
+                     tries: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """((count, length) float32 crops, (count,) samples of real audio in each): a file chosen
+        in proportion to its length, a random start; shorter files are zero-padded; near-silent
+        crops are drawn again (up to ``tries``). The losses count only the patches that hold
+        real audio (the padding is never stored in a file, and as 20 % of the tokens it pulled
+        the bit balance of all the others; see the model card)."""
         weights = torch.as_tensor(self.lengths, dtype=torch.float64)
         out = torch.zeros(count, length)
+        real = torch.zeros(count, dtype=torch.int64)
         for i in range(count):
             for _ in range(tries):
                 f = int(torch.multinomial(weights, 1, generator=generator))
@@ -131,9 +135,10 @@ class AudioCache:
                 if piece.abs().max() > silence:
                     break
             out[i, :take] = piece
+            real[i] = take
         low, high = gain_db
         gains = low + (high - low) * torch.rand(count, 1, generator=generator)
-        return out * 10 ** (gains / 20)
+        return out * 10 ** (gains / 20), real
 
     def first_crops(self, length: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic validation crops: the start of at most ``limit`` files spread evenly over

@@ -36,7 +36,7 @@ from bsqaudio.train.losses import (
     reconstruction_loss,
     spec_augment,
 )
-from bsqaudio.train.metrics import code_usage, mel_errors_db
+from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_token_mask
 from bsqaudio.train.progress import TrainingProgress
 
 
@@ -60,6 +60,7 @@ class TrainSettings:
     quantizer_weight: float = 0.1
     quantizer_warmup: int = 1000  # steps over which the quantizer loss ramps in
     codebook_weight: float = 1.0  # the quantizer's gamma: weight of the bit-balance (codebook entropy) term
+    codebook_group: int = 1  # bits per group in that term: > 1 also penalizes bits that copy each other
     spec_augment: bool = True
     time_masks: int = 2
     time_mask_width: int = 40
@@ -214,6 +215,10 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         model.load_state_dict(start.state_dict())
         run.log(f"initialised from {s.init_from}")
     model.quantizer.gamma = s.codebook_weight
+    try:
+        model.quantizer.group_size = s.codebook_group
+    except ValueError as err:
+        raise BsqAudioError(f"--codebook-group: {err}") from None
     model.set_grad_checkpointing(s.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
@@ -252,8 +257,6 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
 
     segment = config.window_samples - config.hop_length + config.n_fft
     val_wave, val_len = val_cache.first_crops(segment, s.val_windows)
-    # Crops start half an FFT before the window: real audio in the window is shorter by that.
-    val_len = (val_len - config.n_fft // 2).clamp(1, config.window_samples)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
                 else contextlib.nullcontext())
     head = core.refiner.net[-1].weight if core.refiner is not None else core.head.weight
@@ -308,7 +311,9 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                 use_gan = disc is not None and step >= s.disc_start
                 logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
                 for micro in range(s.grad_accum):
-                    wave = train_cache.random_crops(s.batch_size, segment, generator).to(run.device)
+                    wave, real = train_cache.random_crops(s.batch_size, segment, generator)
+                    wave = wave.to(run.device)
+                    frames, rows = real_audio_extent(real.to(run.device), config)
                     with torch.no_grad():
                         target, _ = frontend.normalize(frontend.power_mel(wave))
                     inputs = target
@@ -319,8 +324,8 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                             else model.no_sync())
                     with sync:
                         with autocast:
-                            out = forward(inputs)
-                        recon = reconstruction_loss(out.reconstruction, target, s.loss)
+                            out = forward(inputs, real_token_mask(rows, config))
+                        recon = reconstruction_loss(out.reconstruction, target, s.loss, frames)
                         total = recon + q_weight * out.quantizer.loss
                         if use_gan:
                             with autocast:
@@ -417,8 +422,7 @@ def evaluate(model: AudioBSQ, frontend: MelFrontend, wave_bs: torch.Tensor, leng
             preds.append(model.decode_indices(q.indices).float())
         indices.append(q.indices.cpu())
     pred = torch.cat(preds)
-    frames = torch.ceil(lengths / config.hop_length).long().clamp_min(1)
-    rows = torch.ceil(frames / config.patch_time).long()
+    frames, rows = real_audio_extent(lengths, config)
     mse, mae = mel_errors_db(pred, target, frames, config.db_range)
     model.train(was_training)
     return {"mel_mse_db": mse, "mel_mae_db": mae,

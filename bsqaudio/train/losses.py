@@ -7,13 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def reconstruction_loss(pred_btf: torch.Tensor, target_btf: torch.Tensor, kind: str) -> torch.Tensor:
-    """MSE (the seed's) or L1 in the normalized dB domain (dB / 40)."""
-    if kind == "mse":
-        return F.mse_loss(pred_btf.float(), target_btf.float())
-    if kind == "l1":
-        return F.l1_loss(pred_btf.float(), target_btf.float())
-    raise ValueError(f"unknown reconstruction loss {kind!r}")
+def reconstruction_loss(pred_btf: torch.Tensor, target_btf: torch.Tensor, kind: str,
+                        frames_b: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE (the seed's) or L1 in the normalized dB domain (dB / 40), over the first
+    ``frames_b`` frames of each window (the real audio; the padding after it is never kept)."""
+    if kind not in ("mse", "l1"):
+        raise ValueError(f"unknown reconstruction loss {kind!r}")
+    diff = pred_btf.float() - target_btf.float()
+    error = diff ** 2 if kind == "mse" else diff.abs()
+    if frames_b is None:
+        return error.mean()
+    real = torch.arange(error.shape[1], device=error.device)[None, :] < frames_b[:, None]
+    return error[real].mean()
 
 
 def spec_augment(mel_btf: torch.Tensor, generator: torch.Generator, time_masks: int,

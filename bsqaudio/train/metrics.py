@@ -7,6 +7,21 @@ import math
 import torch
 
 
+def real_audio_extent(crop_samples: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) samples of real audio in crops of ``window_samples - hop + n_fft`` -> ((B,) mel
+    frames, (B,) patch rows) that hold it. Crops start half an FFT before the window, so the
+    real audio inside the window is shorter by that."""
+    samples = (crop_samples - config.n_fft // 2).clamp(1, config.window_samples)
+    frames = torch.ceil(samples / config.hop_length).long().clamp_min(1)
+    return frames, torch.ceil(frames / config.patch_time).long()
+
+
+def real_token_mask(rows_b: torch.Tensor, config) -> torch.Tensor:
+    """(B,) patch rows that hold audio -> (B, N) bool over the time-major patch grid."""
+    row_of_token = torch.arange(config.num_patches, device=rows_b.device) // config.grid_freq
+    return row_of_token[None, :] < rows_b[:, None]
+
+
 def mel_errors_db(pred_btf: torch.Tensor, target_btf: torch.Tensor, frames_b: torch.Tensor,
                   db_range: float) -> tuple[float, float]:
     """(MSE in dB^2, MAE in dB) over the frames that hold real audio."""
