@@ -542,7 +542,9 @@ def print_report(report: dict) -> None:
     Console().print(table)
     codes = report["mean"]["codes"]
     Console().print(f"tokens: {codes['distinct_per_window']:.1%} distinct per window on average; "
-                    f"per-bit balance {codes['bit_balance_min']:.2f}-{codes['bit_balance_max']:.2f}")
+                    f"per-bit balance {codes['bit_balance_min']:.2f}-{codes['bit_balance_max']:.2f} "
+                    f"({codes['bits_outside_0.4_0.6']} bits outside 0.4-0.6); {codes['copied_bits']} bits "
+                    "nearly copy another (|r| > 0.9)")
 
 
 @app.command()

@@ -50,14 +50,26 @@ def evaluate_file(codec: Codec, path: Path, oracle: bool = True) -> dict:
 
 
 def code_statistics(indices_rf: torch.Tensor, rows_per_window: int, code_bits: int) -> dict:
-    """Token usage of one file: distinct codes per window (fraction of its patches), and the
-    count of 1s per bit, to aggregate bit balance over many files."""
+    """Token usage of one file: distinct codes per window (fraction of its patches), the count of
+    1s per bit and of 1s in both bits of every pair, to aggregate bit balance and bit
+    correlation over many files."""
     windows = indices_rf.split(rows_per_window)
     distinct = [w.unique().numel() / w.numel() for w in windows]
     shifts = torch.arange(code_bits - 1, -1, -1)
-    ones = ((indices_rf.reshape(-1, 1) >> shifts) & 1).sum(0)
-    return {"distinct_per_window": sum(distinct) / len(distinct), "ones_per_bit": ones.tolist(),
-            "tokens": indices_rf.numel()}
+    bits = ((indices_rf.reshape(-1, 1) >> shifts) & 1).double()
+    return {"distinct_per_window": sum(distinct) / len(distinct), "ones_per_bit": bits.sum(0).long().tolist(),
+            "ones_per_pair": (bits.T @ bits).long().tolist(), "tokens": indices_rf.numel()}
+
+
+def copied_bits(ones: torch.Tensor, pairs: torch.Tensor, tokens: int, threshold: float = 0.9) -> int:
+    """How many bits are nearly a copy (or the negation) of another: Pearson |r| > ``threshold``
+    over the tokens. Per-bit balance cannot see this, and such bits carry almost nothing new."""
+    p = ones.double() / tokens
+    covariance = pairs.double() / tokens - p[:, None] * p[None, :]
+    spread = (p * (1 - p)).sqrt()
+    r = covariance / (spread[:, None] * spread[None, :]).clamp_min(1e-12)
+    r.fill_diagonal_(0.0)
+    return int((r.abs() > threshold).any(1).sum())
 
 
 def evaluate(codec: Codec, paths: list[Path], oracle: bool = True,
@@ -83,11 +95,15 @@ def summarize(rows: list[dict]) -> dict:
         mean[key] = sum(r[key] for r in rows) / len(rows) if rows else None
     if rows:
         tokens = sum(r["codes"]["tokens"] for r in rows)
-        ones = torch.tensor([r["codes"]["ones_per_bit"] for r in rows]).sum(0).double() / tokens
+        ones = torch.tensor([r["codes"]["ones_per_bit"] for r in rows]).sum(0)
+        pairs = torch.tensor([r["codes"]["ones_per_pair"] for r in rows]).sum(0)
+        balance = ones.double() / tokens
         mean["codes"] = {
             "distinct_per_window": sum(r["codes"]["distinct_per_window"] for r in rows) / len(rows),
-            "bit_balance_min": float(ones.min()),
-            "bit_balance_max": float(ones.max()),
+            "bit_balance_min": float(balance.min()),
+            "bit_balance_max": float(balance.max()),
+            "bits_outside_0.4_0.6": int(((balance < 0.4) | (balance > 0.6)).sum()),
+            "copied_bits": copied_bits(ones, pairs, tokens),
         }
     for system in ("codec", "oracle"):
         values = [r[system] for r in rows if system in r]

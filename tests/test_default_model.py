@@ -64,7 +64,9 @@ def test_eval_reports_codec_and_oracle(tmp_path):
                                     "pesq_wb"}
     # The oracle (unquantized mel, same inversion) bounds what the tokenizer can reach.
     assert row["oracle"]["mel_mae_db"] < row["codec"]["mel_mae_db"] < 8.0
-    assert 0.0 < report["mean"]["codes"]["distinct_per_window"] <= 1.0
+    codes = report["mean"]["codes"]
+    assert 0.0 < codes["distinct_per_window"] <= 1.0
+    assert 0 <= codes["bits_outside_0.4_0.6"] <= 36 and 0 <= codes["copied_bits"] <= 36
 
 
 def test_eval_skips_unreadable_files_and_exits_nonzero(tmp_path):

@@ -283,7 +283,8 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
             handle.write(json.dumps({"kind": "val", **metrics}) + "\n")
         progress.log(f"val step {step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
                 f"MSE {metrics['mel_mse_db']:.1f} dB^2, bits {metrics['bit_balance_min']:.2f}-"
-                f"{metrics['bit_balance_max']:.2f}, distinct {metrics['distinct_per_window']:.2f}, "
+                f"{metrics['bit_balance_max']:.2f} ({metrics['copied_bits']} copied), "
+                f"distinct {metrics['distinct_per_window']:.2f}, "
                 f"perplexity {metrics['perplexity']:.0f}")
         if s.plot:
             from bsqaudio.train.plots import plot_run

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from bsqaudio.evaluate import copied_bits
+
 
 def real_audio_extent(crop_samples: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) samples of real audio in crops of ``window_samples - hop + n_fft`` -> ((B,) mel
@@ -46,7 +48,9 @@ def code_usage(indices_bn: torch.Tensor, rows_b: torch.Tensor, grid_freq: int,
     _, counts = flat.unique(return_counts=True)
     p = counts.float() / counts.sum()
     entropy = float(-(p * p.log()).sum())
+    ones = bits.sum(0)
     return {
+        "copied_bits": copied_bits(ones, bits.T @ bits, bits.shape[0]),
         "bit_balance": bits.mean(0).tolist(),
         "bit_balance_min": float(bits.mean(0).min()),
         "bit_balance_max": float(bits.mean(0).max()),
