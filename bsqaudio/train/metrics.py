@@ -18,6 +18,11 @@ def real_audio_extent(crop_samples: torch.Tensor, config) -> tuple[torch.Tensor,
     return frames, torch.ceil(frames / config.patch_time).long()
 
 
+def real_frame_mask(frames_b: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B,) mel frames that hold audio -> (B, num_frames) bool."""
+    return torch.arange(num_frames, device=frames_b.device)[None, :] < frames_b[:, None]
+
+
 def real_token_mask(rows_b: torch.Tensor, config) -> torch.Tensor:
     """(B,) patch rows that hold audio -> (B, N) bool over the time-major patch grid."""
     row_of_token = torch.arange(config.num_patches, device=rows_b.device) // config.grid_freq
@@ -29,8 +34,7 @@ def mel_errors_db(pred_btf: torch.Tensor, target_btf: torch.Tensor, frames_b: to
     """(MSE in dB^2, MAE in dB) over the frames that hold real audio."""
     scale = db_range / 2
     diff = (pred_btf.float() - target_btf.float()) * scale
-    mask = torch.arange(diff.shape[1], device=diff.device)[None, :] < frames_b[:, None].to(diff.device)
-    values = diff[mask]
+    values = diff[real_frame_mask(frames_b.to(diff.device), diff.shape[1])]
     return float((values ** 2).mean()), float(values.abs().mean())
 
 
