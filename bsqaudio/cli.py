@@ -449,6 +449,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.")] = False,
     init_from: Annotated[Optional[str], typer.Option(
         help="Start from these weights (a model folder or file, e.g. a previous export).")] = None,
+    freeze_encoder: Annotated[bool, typer.Option(
+        help="Train only the decoder: the codes stay as --init-from's encoder writes them "
+             "(after scripts/calibrate_bits.py).")] = False,
 ) -> None:
     """Train a tokenizer; resumable, DDP under torchrun; exports RUN/export at the end."""
     from bsqaudio.train.loop import TrainSettings
@@ -477,7 +480,7 @@ def train(
         val_dirs=val_dir or [], val_every=val_every, val_windows=val_windows,
         checkpoint_every=checkpoint_every, seed=seed, grad_checkpointing=grad_checkpointing,
         compile=compile, device=device, cache=cache, plot=plot, export_dtype=export_dtype,
-        max_minutes=max_minutes, init_from=init_from,
+        max_minutes=max_minutes, init_from=init_from, freeze_encoder=freeze_encoder,
     )
     if loss not in ("mse", "l1"):
         fail("--loss must be mse or l1")

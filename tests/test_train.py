@@ -504,6 +504,24 @@ def test_init_from_starts_with_the_given_weights(tmp_path, corpus):
                        config_overrides={"code_bits": 8}))
 
 
+def test_freeze_encoder_trains_the_decoder_and_keeps_the_codes(tmp_path, corpus):
+    """Everything that decides the codes (BatchNorm statistics included) leaves the run exactly as
+    it came in; the decoder side moves."""
+    first = tmp_path / "first"
+    train(settings(first, corpus, steps=2))
+    second = tmp_path / "second"
+    train(settings(second, corpus, steps=3, init_from=str(first / "export"), freeze_encoder=True))
+    before = load_file(str(first / "export" / "model.safetensors"))
+    after = load_file(str(second / "export" / "model.safetensors"))
+    encoder_side = [k for k in before if k.split(".")[0] in ("patch_embed", "encoder", "encoder_pos", "quant_embed")]
+    assert any("running_mean" in k for k in encoder_side)
+    assert all(torch.equal(before[k], after[k]) for k in encoder_side)
+    decoder_side = [k for k in before if k.startswith(("decoder.", "head."))]
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
+    with pytest.raises(BsqAudioError, match="needs --init-from"):
+        train(settings(tmp_path / "third", corpus, steps=1, freeze_encoder=True))
+
+
 def test_codebook_weight_scales_the_bit_balance_term(tmp_path, corpus):
     """The logged quantizer loss holds -weight x codebook entropy (at most ln 2 per bit): the same
     first step with weight 0 and weight 1 differs by that entropy, which is near ln 2 at init."""

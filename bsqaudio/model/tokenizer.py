@@ -84,6 +84,7 @@ class AudioBSQ(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.encoder_frozen = False
         c = config
         patch_dim = c.patch_time * c.patch_freq
         self.patch_embed = nn.Linear(patch_dim, c.width)
@@ -102,12 +103,38 @@ class AudioBSQ(nn.Module):
         self.encoder.grad_checkpointing = enabled
         self.decoder.grad_checkpointing = enabled
 
+    def latents(self, mel_btf: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) normalized mel -> (B, N, L) quantizer inputs: the sign of each is a code bit,
+        so ``quant_embed``'s bias sets every bit's threshold (see ``train.calibration``)."""
+        c = self.config
+        x = self.patch_embed(patchify(mel_btf, c.patch_time, c.patch_freq)) + self.encoder_pos
+        return self.quant_embed(self.encoder(x))
+
     def encode(self, mel_btf: torch.Tensor, token_mask: torch.Tensor | None = None) -> QuantizerOutput:
         """(B, T, F) normalized mel -> quantizer output with indices (B, N); ``token_mask``
         (B, N) marks the patches the quantizer's bit-balance term counts (training)."""
-        c = self.config
-        x = self.patch_embed(patchify(mel_btf, c.patch_time, c.patch_freq)) + self.encoder_pos
-        return self.quantizer(self.quant_embed(self.encoder(x)), token_mask)
+        return self.quantizer(self.latents(mel_btf), token_mask)
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """Everything that decides the codes; ``freeze_encoder`` fixes them while the decoder
+        trains."""
+        return [self.patch_embed, self.encoder, self.quant_embed]
+
+    def freeze_encoder(self) -> None:
+        """Fix the codes: no gradients into the encoder side, and its BatchNorm statistics stay
+        as they are (``train()`` leaves those modules in eval mode)."""
+        self.encoder_frozen = True
+        self.encoder_pos.requires_grad_(False)
+        for module in self.encoder_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> AudioBSQ:
+        super().train(mode)
+        if self.encoder_frozen:
+            for module in self.encoder_modules():
+                module.eval()
+        return self
 
     def decode_codes(self, codes_bnl: torch.Tensor) -> torch.Tensor:
         """(B, N, L) codes -> (B, T, F) normalized mel in [-1, 1] at inference."""

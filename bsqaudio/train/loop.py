@@ -84,6 +84,7 @@ class TrainSettings:
     export_dtype: str = "float32"
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     init_from: str | None = None  # start a new run from these weights (a model folder or file)
+    freeze_encoder: bool = False  # train only the decoder: the codes stay as init_from's encoder writes them
     log_every: int = 10
 
 
@@ -219,6 +220,10 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         model.quantizer.group_size = s.codebook_group
     except ValueError as err:
         raise BsqAudioError(f"--codebook-group: {err}") from None
+    if s.freeze_encoder:
+        if not s.init_from and not resume:
+            raise BsqAudioError("--freeze-encoder needs --init-from: a random encoder would stay random")
+        model.freeze_encoder()
     model.set_grad_checkpointing(s.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
@@ -230,7 +235,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     forward = torch.compile(model) if s.compile else model
-    optimizer = torch.optim.AdamW(core.parameters(), lr=s.lr, betas=(0.9, 0.99),
+    optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=s.lr, betas=(0.9, 0.99),
                                   weight_decay=s.weight_decay)
     disc = disc_opt = None
     if s.discriminator:
@@ -401,9 +406,11 @@ def drop_metrics_after(path: Path, step: int) -> None:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """A lerp, not decay * e + (1 - decay) * m: a weight the model holds still (a frozen encoder)
+    stays bit-exact instead of drifting by rounding."""
     for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
         if e.dtype.is_floating_point:
-            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+            e.lerp_(m.detach(), 1 - decay)
         else:
             e.copy_(m)
 
