@@ -452,6 +452,9 @@ def train(
     freeze_encoder: Annotated[bool, typer.Option(
         help="Train only the decoder: the codes stay as --init-from's encoder writes them "
              "(after scripts/calibrate_bits.py).")] = False,
+    batch_per_input: Annotated[bool, typer.Option(
+        help="Draw each batch from one of the inputs (e.g. speech/ or music/, in proportion to their "
+             "hours), so the bit-balance term balances each input, not only their mix.")] = False,
 ) -> None:
     """Train a tokenizer; resumable, DDP under torchrun; exports RUN/export at the end."""
     from bsqaudio.train.loop import TrainSettings
@@ -481,6 +484,7 @@ def train(
         checkpoint_every=checkpoint_every, seed=seed, grad_checkpointing=grad_checkpointing,
         compile=compile, device=device, cache=cache, plot=plot, export_dtype=export_dtype,
         max_minutes=max_minutes, init_from=init_from, freeze_encoder=freeze_encoder,
+        batch_per_input=batch_per_input,
     )
     if loss not in ("mse", "l1"):
         fail("--loss must be mse or l1")

@@ -522,6 +522,41 @@ def test_freeze_encoder_trains_the_decoder_and_keeps_the_codes(tmp_path, corpus)
         train(settings(tmp_path / "third", corpus, steps=1, freeze_encoder=True))
 
 
+def test_crops_come_only_from_the_chosen_files(tmp_path):
+    up, down = tmp_path / "up.wav", tmp_path / "down.wav"
+    sf.write(up, np.full(RATE * 3, 0.5, dtype=np.float32), RATE)
+    sf.write(down, np.full(RATE * 3, -0.5, dtype=np.float32), RATE)
+    cache = AudioCache.build([up, down], tmp_path / "cache", RATE, log=lambda *_: None)
+    first = torch.tensor([name.endswith("up.wav") for name in cache.names])
+    wave, _ = cache.random_crops(16, RATE, torch.Generator().manual_seed(0), among=first)
+    assert (wave > 0).all()
+    wave, _ = cache.random_crops(16, RATE, torch.Generator().manual_seed(0), among=~first)
+    assert (wave < 0).all()
+
+
+def test_batch_per_input_draws_every_batch_from_one_input(tmp_path, corpus, monkeypatch):
+    """Two input folders: each batch's files all come from one of them, and both are used."""
+    train_dir, val_dir = corpus
+    speech, music = tmp_path / "speech", tmp_path / "music"
+    speech.mkdir()
+    music.mkdir()
+    for i, clip in enumerate(sorted(train_dir.iterdir())):
+        shutil.copy(clip, (speech if i % 2 else music) / clip.name)
+    chosen = []
+    original = AudioCache.random_crops
+
+    def recording(self, count, length, generator, among=None, **kwargs):
+        chosen.append({Path(n).parent.name for n, k in zip(self.names, among.tolist(), strict=True) if k})
+        return original(self, count, length, generator, among=among, **kwargs)
+
+    monkeypatch.setattr(AudioCache, "random_crops", recording)
+    train(settings(tmp_path / "run", corpus, inputs=[str(speech), str(music)], steps=8, batch_per_input=True))
+    assert all(len(folders) == 1 for folders in chosen)
+    assert {"speech", "music"} == set().union(*chosen)
+    with pytest.raises(BsqAudioError, match="two or more inputs"):
+        train(settings(tmp_path / "one", corpus, inputs=[str(speech)], steps=1, batch_per_input=True))
+
+
 def test_codebook_weight_scales_the_bit_balance_term(tmp_path, corpus):
     """The logged quantizer loss holds -weight x codebook entropy (at most ln 2 per bit): the same
     first step with weight 0 and weight 1 differs by that entropy, which is near ln 2 at init."""

@@ -43,6 +43,19 @@ def list_inputs(inputs: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def input_of_each_file(inputs: list[str | Path], names: list[str]) -> torch.Tensor:
+    """(files,) index of the first of ``inputs`` that lists each cached file (by name), for
+    batches drawn from one input at a time."""
+    owner: dict[str, int] = {}
+    for index, item in enumerate(inputs):
+        for path in list_inputs([item]):
+            owner.setdefault(str(path), index)
+    missing = [n for n in names if n not in owner]
+    if missing:
+        raise BsqAudioError(f"{missing[0]}: in the audio cache but in none of the inputs (use a fresh --cache)")
+    return torch.tensor([owner[n] for n in names], dtype=torch.int64)
+
+
 def is_validation(path: Path, fraction: float) -> bool:
     """A deterministic split by file: the same file always lands on the same side."""
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
@@ -115,13 +128,16 @@ class AudioCache:
 
     def random_crops(self, count: int, length: int, generator: torch.Generator,
                      gain_db: tuple[float, float] = (-12.0, 0.0), silence: float = 1e-3,
-                     tries: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+                     tries: int = 8, among: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """((count, length) float32 crops, (count,) samples of real audio in each): a file chosen
-        in proportion to its length, a random start; shorter files are zero-padded; near-silent
-        crops are drawn again (up to ``tries``). The losses count only the patches that hold
-        real audio (the padding is never stored in a file, and as 20 % of the tokens it pulled
-        the bit balance of all the others; see the model card)."""
+        in proportion to its length (only where the (files,) bool ``among`` is true, if given), a
+        random start; shorter files are zero-padded; near-silent crops are drawn again (up to
+        ``tries``). The losses count only the patches that hold real audio (the padding is never
+        stored in a file, and as 20 % of the tokens it pulled the bit balance of all the others;
+        see the model card)."""
         weights = torch.as_tensor(self.lengths, dtype=torch.float64)
+        if among is not None:
+            weights = weights * among.to(torch.float64)
         out = torch.zeros(count, length)
         real = torch.zeros(count, dtype=torch.int64)
         for i in range(count):

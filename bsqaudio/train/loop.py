@@ -27,7 +27,7 @@ from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import from_pretrained, save_pretrained
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
-from bsqaudio.train.data import AudioCache, is_validation, list_inputs
+from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, list_inputs
 from bsqaudio.train.losses import (
     PatchDiscriminator,
     adaptive_weight,
@@ -85,6 +85,7 @@ class TrainSettings:
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     init_from: str | None = None  # start a new run from these weights (a model folder or file)
     freeze_encoder: bool = False  # train only the decoder: the codes stay as init_from's encoder writes them
+    batch_per_input: bool = False  # each batch from one input, so the bit balance holds per input, not only mixed
     log_every: int = 10
 
 
@@ -171,6 +172,20 @@ def prepare_data(run: Run, config: ModelConfig) -> tuple[AudioCache, AudioCache]
     return train, val
 
 
+def batch_sources(s: TrainSettings, cache: AudioCache, sample_rate: int
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """With ``batch_per_input``: ((files,) input index of each training file, (inputs,) hours of
+    each), inputs drawn in proportion to their hours, so the files' overall mix is unchanged."""
+    if not s.batch_per_input:
+        return None, None
+    source = input_of_each_file(s.inputs, cache.names)
+    seconds = torch.as_tensor(cache.lengths, dtype=torch.float64) / sample_rate
+    hours = torch.zeros(len(s.inputs), dtype=torch.float64).index_add_(0, source, seconds) / 3600
+    if int((hours > 0).sum()) < 2:
+        raise BsqAudioError("--batch-per-input needs two or more inputs that hold training audio")
+    return source, hours
+
+
 class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
 
@@ -205,6 +220,10 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     run.log(f"train {train_cache.seconds / 3600:.2f} h in {len(train_cache.names)} files, "
             f"val {val_cache.seconds / 3600:.2f} h in {len(val_cache.names)} files; "
             f"{config.name}: {config.bitrate:.0f} bit/s, device {run.device}, world {run.world}")
+    batch_source, source_hours = batch_sources(s, train_cache, config.sample_rate)
+    if batch_source is not None:
+        run.log("batches per input: " + ", ".join(f"{name} {h:.2f} h" for name, h
+                                                   in zip(s.inputs, source_hours.tolist(), strict=True)))
 
     torch.manual_seed(s.seed)
     model = AudioBSQ(config)
@@ -317,7 +336,10 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                 use_gan = disc is not None and step >= s.disc_start
                 logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
                 for micro in range(s.grad_accum):
-                    wave, real = train_cache.random_crops(s.batch_size, segment, generator)
+                    among = None
+                    if batch_source is not None:
+                        among = batch_source == int(torch.multinomial(source_hours, 1, generator=generator))
+                    wave, real = train_cache.random_crops(s.batch_size, segment, generator, among=among)
                     wave = wave.to(run.device)
                     frames, rows = real_audio_extent(real.to(run.device), config)
                     with torch.no_grad():
