@@ -59,15 +59,12 @@ def main() -> int:
         return 1
 
     thresholds, worst = balanced_thresholds(groups)
-    zero = torch.zeros(1, thresholds.shape[0])
+    shares = [(share_above(g, torch.zeros_like(thresholds)[None])[0], share_above(g, thresholds[None])[0])
+              for g in groups]  # per group: ((L,) before, (L,) after)
     print(f"{'bit':>3} {'threshold':>9} " + " ".join(f"{n + ' before':>14} {n + ' after':>13}" for n in names))
     for bit in range(thresholds.shape[0]):
-        cells = []
-        for group in groups:
-            before = share_above(group[:, bit:bit + 1], zero[:, :1])[0, 0]
-            after = share_above(group[:, bit:bit + 1], thresholds[None, bit:bit + 1])[0, 0]
-            cells.append(f"{before:14.3f} {after:13.3f}")
-        print(f"{bit:3d} {thresholds[bit]:9.4f} " + " ".join(cells))
+        cells = " ".join(f"{before[bit]:14.3f} {after[bit]:13.3f}" for before, after in shares)
+        print(f"{bit:3d} {thresholds[bit]:9.4f} {cells}")
     print(f"worst group's share of ones: {0.5 - worst.max():.3f}-{0.5 + worst.max():.3f} at most")
     shift_thresholds(model, thresholds)
     save_pretrained(model, args.out)
