@@ -406,6 +406,7 @@ def info(
                     "  torchrun --nproc-per-node 8 -m bsqaudio train corpus/ --out runs/base "
                     "--preset base --batch-size 32 --lr-per-sample 4e-7")
 def train(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), audio files or .txt lists.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: cache, checkpoints, metrics, export.")],
     preset: Annotated[str, typer.Option(help="Model preset: tiny, small or base.")] = "small",
@@ -425,6 +426,9 @@ def train(
     codebook_group: Annotated[int, typer.Option(
         help="Bits per group in that term (divides L): above 1 it also penalizes bits that copy "
              "each other (BSQ-ViT's grouped entropy).")] = 1,
+    window_balance_weight: Annotated[float, typer.Option(
+        help="Weight of the per-bit balance within each window, so each recording (not only the "
+             "batch's mix) uses both values of every bit.")] = 0.0,
     spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
     time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
     discriminator: Annotated[bool, typer.Option(
@@ -446,7 +450,8 @@ def train(
     cache: Annotated[Optional[str], typer.Option(help="Audio cache folder (default RUN/cache).")] = None,
     plot: Annotated[bool, typer.Option(help="Write loss and spectrogram PNGs at each validation.")] = False,
     export_dtype: Annotated[str, typer.Option(help="float32 or float16 for the exported weights.")] = "float32",
-    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue from RUN/checkpoint with its settings; options given again override them.")] = False,
     init_from: Annotated[Optional[str], typer.Option(
         help="Start from these weights (a model folder or file, e.g. a previous export).")] = None,
     freeze_encoder: Annotated[bool, typer.Option(
@@ -475,6 +480,7 @@ def train(
         inputs=inputs, out=str(out), preset=preset, config_overrides=overrides, steps=steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_per_sample=lr_per_sample,
         warmup=warmup, loss=loss, quantizer_weight=quantizer_weight, codebook_weight=codebook_weight,
+        window_balance_weight=window_balance_weight,
         codebook_group=codebook_group,
         spec_augment=spec_augment,
         time_masks=time_masks, time_mask_width=time_mask_width, freq_masks=freq_masks,
@@ -488,7 +494,25 @@ def train(
     )
     if loss not in ("mse", "l1"):
         fail("--loss must be mse or l1")
+    if resume:
+        settings = _resumed(ctx, settings)
     run_training(settings, resume=resume)
+
+
+def _resumed(ctx: typer.Context, settings):
+    """``settings`` with every option not given on this command line taken from the run's checkpoint."""
+    from bsqaudio.train.checkpoint import read_meta
+    from bsqaudio.train.loop import resumed_settings
+
+    field_of = {"set_": "config_overrides", "val_dir": "val_dirs"}
+    # By the source's name: typer may bring its own copy of click's ParameterSource enum.
+    explicit = {field_of.get(name, name) for name in ctx.params
+                if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    stored = read_meta(Path(settings.out) / "checkpoint").get("settings", {})
+    settings, changes = resumed_settings(settings, stored, explicit)
+    if changes:
+        print("resuming with changed settings: " + "; ".join(changes))
+    return settings
 
 
 @app.command(name="eval", epilog="Example:\n\n  bsqaudio eval speech/ music.flac --json > report.json")

@@ -185,3 +185,23 @@ def test_grouped_codebook_entropy_sees_copied_bits():
 def test_group_size_must_divide_the_bits():
     with pytest.raises(ValueError, match="divide"):
         BinarySphericalQuantizer(36, group_size=5)
+
+
+def test_window_term_asks_each_window_to_use_both_values_of_every_bit():
+    """Two windows that are each all ones or all zeros balance the batch as well as two windows
+    that each hold every pattern, so only the per-window term tells them apart: with it, the
+    sorted batch costs about ln 2 more per unit weight. Padding does not count."""
+    patterns = torch.where(indices_to_bits(torch.arange(256), 8), 1.0, -1.0) * 10.0  # every pattern once
+    mixed = torch.stack([patterns, patterns.flip(0)])
+    ones = torch.full((256, 8), 10.0)
+    sorted_ = torch.stack([ones, -ones])
+    plain = BinarySphericalQuantizer(8, inv_temperature=10.0)
+    windowed = BinarySphericalQuantizer(8, inv_temperature=10.0, gamma_window=1.0)
+    torch.testing.assert_close(plain(mixed).loss, plain(sorted_).loss)
+    extra = windowed(sorted_).loss - windowed(mixed).loss
+    assert 0.98 * math.log(2) < extra <= math.log(2) + 1e-4
+    # half of each window is padding that repeats the other half's opposite: masked out, each
+    # window's real half is all ones or all zeros, which the term sees.
+    padded = torch.stack([torch.cat([ones[:128], -ones[:128]]), torch.cat([-ones[:128], ones[:128]])])
+    mask = torch.arange(256)[None, :].expand(2, 256) < 128
+    assert windowed(padded, mask).loss - windowed(padded).loss > 0.98 * math.log(2)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
 from bsqaudio.train.data import AudioCache
-from bsqaudio.train.loop import TrainSettings, learning_rate, train
+from bsqaudio.train.loop import TrainSettings, learning_rate, resumed_settings, train
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import real_audio_extent, real_token_mask
 
@@ -288,6 +289,41 @@ def test_sigterm_leaves_a_valid_checkpoint_and_resume_continues(tmp_path, corpus
     assert f"resumed from step {step}" in result.stdout.decode()
     assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == step + 2
     assert (run / "export" / "model.safetensors").exists()
+
+
+def test_resume_keeps_the_runs_settings_unless_given_again(tmp_path, corpus):
+    """A resume that repeats only the inputs, --out and a new --steps/--lr continues with the run's
+    --codebook-group and --codebook-weight (not the defaults), and says what it changed."""
+    from typer.testing import CliRunner
+
+    from bsqaudio.cli import app
+
+    train_dir, val_dir = corpus
+    run = tmp_path / "run"
+    common = [str(train_dir), "--val-dir", str(val_dir), "--out", str(run), "--device", "cpu",
+              "--batch-size", "2", "--warmup", "1", "--val-every", "1000000"]
+    first = CliRunner().invoke(app, ["train", *common, "--preset", "tiny", "--steps", "2", "--lr", "1e-3",
+                                     "--codebook-group", "2", "--codebook-weight", "0.5"])
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(app, ["train", *common, "--steps", "3", "--lr", "5e-4", "--resume"])
+    assert second.exit_code == 0, second.output
+    assert "resuming with changed settings: steps 2 -> 3; lr 0.001 -> 0.0005" in second.output
+    meta = json.loads((run / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 3
+    kept = {k: meta["settings"][k] for k in ("preset", "codebook_group", "codebook_weight", "lr")}
+    assert kept == {"preset": "tiny", "codebook_group": 2, "codebook_weight": 0.5, "lr": 5e-4}
+
+
+def test_resumed_settings_take_the_machine_from_the_new_command():
+    """Device and wall-time budget belong to the machine: a GPU run resumed on a CPU does not ask
+    for CUDA again; everything else not given comes from the checkpoint."""
+    given = TrainSettings(inputs=["data"], out="run", device="auto", batch_size=8)
+    stored = {**asdict(TrainSettings(inputs=["data"], out="run")), "device": "cuda", "max_minutes": 25.0,
+              "batch_size": 64, "freeze_encoder": True, "removed_in_a_later_version": 1}
+    merged, changes = resumed_settings(given, stored, explicit={"inputs", "out"})
+    assert (merged.device, merged.max_minutes) == ("auto", None)
+    assert (merged.batch_size, merged.freeze_encoder) == (64, True)
+    assert changes == []
 
 
 def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus):

@@ -67,18 +67,22 @@ class BinarySphericalQuantizer(nn.Module):
 
     ``beta`` weights the commit loss, ``gamma0`` the per-sample entropy, ``gamma`` the codebook
     entropy and ``zeta`` the whole entropy penalty; ``group_size`` (dividing L) is the number of
-    bits whose joint patterns the codebook entropy counts. All are explicit, none reset silently;
-    none changes the codes, only the training loss.
+    bits whose joint patterns the codebook entropy counts. ``gamma_window`` weights the same
+    per-bit balance measured within each window (latents shaped (windows, patches, L)) instead of
+    over the whole batch: it asks every recording, not only the mix, to use both values of each
+    bit. All are explicit, none reset silently; none changes the codes, only the training loss.
     """
 
     def __init__(self, num_bits: int, beta: float = 0.25, gamma0: float = 1.0, gamma: float = 1.0,
-                 zeta: float = 1.0, inv_temperature: float = 1.0, group_size: int = 1) -> None:
+                 zeta: float = 1.0, inv_temperature: float = 1.0, group_size: int = 1,
+                 gamma_window: float = 0.0) -> None:
         super().__init__()
         self.num_bits = num_bits
         self.beta = beta
         self.gamma0 = gamma0
         self.gamma = gamma
         self.zeta = zeta
+        self.gamma_window = gamma_window
         self.inv_temperature = inv_temperature
         self.group_size = group_size
 
@@ -106,6 +110,8 @@ class BinarySphericalQuantizer(nn.Module):
         sample_entropy = _binary_entropy(p_plus).mean()
         codebook_entropy = self._codebook_entropy(p_plus.reshape(-1, self.num_bits), mask)
         penalty = self.gamma0 * sample_entropy - self.gamma * codebook_entropy
+        if self.gamma_window and z.dim() == 3:
+            penalty = penalty - self.gamma_window * self._window_entropy(p_plus, mask)
         loss = self.beta * commit + self.zeta * penalty
         return QuantizerOutput(
             codes=codes,
@@ -116,6 +122,13 @@ class BinarySphericalQuantizer(nn.Module):
             codebook_entropy=codebook_entropy.detach(),
             bit_balance=bits.reshape(-1, self.num_bits).float().mean(0),
         )
+
+    def _window_entropy(self, p_plus_bnl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean over windows and bits of the entropy of each window's average bit (at most ln 2)."""
+        weight = (torch.ones_like(p_plus_bnl[..., :1]) if mask is None
+                  else mask[..., None].to(p_plus_bnl.dtype))
+        average = (p_plus_bnl * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B, L)
+        return _binary_entropy(average).mean()
 
     def _codebook_entropy(self, p_plus_nl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Entropy of the batch-average code distribution, per bit (at most ln 2), with the bits

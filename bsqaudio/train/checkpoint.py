@@ -35,14 +35,24 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, ema: torch.
     shutil.rmtree(old, ignore_errors=True)
 
 
+def latest_checkpoint(folder: Path) -> Path:
+    """``folder``, or its ``.old`` sibling where a run was killed between ``save_checkpoint``'s two renames."""
+    if (folder / "meta.json").exists():
+        return folder
+    old = folder.with_name(folder.name + ".old")
+    if (old / "meta.json").exists():
+        return old
+    raise BsqAudioError(f"{folder}: no checkpoint to resume from")
+
+
+def read_meta(folder: Path) -> dict:
+    """The step, settings and model config that the latest checkpoint in ``folder`` was saved with."""
+    return json.loads((latest_checkpoint(folder) / "meta.json").read_text())
+
+
 def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) -> tuple[dict, dict]:
     """Restore weights in place; return (trainer_state, meta)."""
-    if not (folder / "meta.json").exists():
-        old = folder.with_name(folder.name + ".old")
-        if (old / "meta.json").exists():  # killed between the two renames
-            folder = old
-        else:
-            raise BsqAudioError(f"{folder}: no checkpoint to resume from")
+    folder = latest_checkpoint(folder)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
     try:
@@ -52,7 +62,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) 
         # file ends here instead of running code.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BsqAudioError(f"{folder / 'trainer.pt'}: not a valid bsqaudio trainer state ({first})") from None
-    return trainer_state, json.loads((folder / "meta.json").read_text())
+    return trainer_state, read_meta(folder)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -61,6 +61,7 @@ class TrainSettings:
     quantizer_warmup: int = 1000  # steps over which the quantizer loss ramps in
     codebook_weight: float = 1.0  # the quantizer's gamma: weight of the bit-balance (codebook entropy) term
     codebook_group: int = 1  # bits per group in that term: > 1 also penalizes bits that copy each other
+    window_balance_weight: float = 0.0  # weight of the same balance within each window (per recording)
     spec_augment: bool = True
     time_masks: int = 2
     time_mask_width: int = 40
@@ -87,6 +88,29 @@ class TrainSettings:
     freeze_encoder: bool = False  # train only the decoder: the codes stay as init_from's encoder writes them
     batch_per_input: bool = False  # each batch from one input, so the bit balance holds per input, not only mixed
     log_every: int = 10
+
+
+# Settings that describe the machine a run happens to use, not the run: a resume keeps the run's
+# other settings, but takes these from the new command (default or given).
+MACHINE_SETTINGS = frozenset({"device", "compile", "grad_checkpointing", "cache", "max_minutes"})
+
+
+def resumed_settings(given: TrainSettings, stored: dict, explicit: set[str]) -> tuple[TrainSettings, list[str]]:
+    """The settings a resumed run continues with, and the changes to report.
+
+    A run resumed without repeating, say, ``--codebook-group 9`` or ``--preset base`` would
+    otherwise continue with a different objective or fail to load: every setting not named in
+    ``explicit`` (given on this command line) keeps the checkpoint's value. Named ones win, so a
+    run can be extended (``--steps``) or retuned (``--lr``) on purpose; each change is listed."""
+    merged, changes = asdict(given), []
+    for name, value in stored.items():
+        if name not in merged or name in MACHINE_SETTINGS:
+            continue
+        if name not in explicit:
+            merged[name] = value
+        elif merged[name] != value:
+            changes.append(f"{name} {value!r} -> {merged[name]!r}")
+    return TrainSettings(**merged), changes
 
 
 class Run:
@@ -235,6 +259,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         model.load_state_dict(start.state_dict())
         run.log(f"initialised from {s.init_from}")
     model.quantizer.gamma = s.codebook_weight
+    model.quantizer.gamma_window = s.window_balance_weight
     try:
         model.quantizer.group_size = s.codebook_group
     except ValueError as err:
@@ -265,7 +290,11 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     ckpt_dir = run.out / "checkpoint"
     if resume:
         trainer_state, meta = load_checkpoint(ckpt_dir, core, ema)
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        try:
+            optimizer.load_state_dict(trainer_state["optimizer"])
+        except ValueError:
+            raise BsqAudioError(f"{ckpt_dir}: its optimizer trained a different set of weights than this run "
+                                "would (was --freeze-encoder changed?)") from None
         states = trainer_state["generators"]
         if run.rank < len(states):
             generator.set_state(states[run.rank])
