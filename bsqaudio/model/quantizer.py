@@ -62,6 +62,15 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` counting only the samples where ``mask`` (``x``'s shape up to and
+    including ``dim``) is true: a weighted mean, not a gather, so no host sync on a GPU."""
+    if mask is None:
+        return x.mean(dim)
+    weight = mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim())).to(x.dtype)
+    return (x * weight).sum(dim) / weight.sum(dim).clamp_min(1.0)
+
+
 class BinarySphericalQuantizer(nn.Module):
     """(..., L) latents -> L-bit codes.
 
@@ -125,24 +134,18 @@ class BinarySphericalQuantizer(nn.Module):
 
     def _window_entropy(self, p_plus_bnl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Mean over windows and bits of the entropy of each window's average bit (at most ln 2)."""
-        weight = (torch.ones_like(p_plus_bnl[..., :1]) if mask is None
-                  else mask[..., None].to(p_plus_bnl.dtype))
-        average = (p_plus_bnl * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B, L)
-        return _binary_entropy(average).mean()
+        return _binary_entropy(_masked_mean(p_plus_bnl, mask, 1)).mean()
 
     def _codebook_entropy(self, p_plus_nl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Entropy of the batch-average code distribution, per bit (at most ln 2), with the bits
-        in independent groups of ``group_size``; masked-out samples do not count (a weighted
-        mean, not a gather: no host sync on a GPU)."""
-        weight = (torch.ones_like(p_plus_nl[:, :1]) if mask is None
-                  else mask.reshape(-1, 1).to(p_plus_nl.dtype))
-        weight = weight / weight.sum().clamp_min(1.0)
+        in independent groups of ``group_size``; masked-out samples do not count."""
+        mask = None if mask is None else mask.reshape(-1)
         g = self.group_size
         if g == 1:
-            return _binary_entropy((p_plus_nl * weight).sum(0)).mean()
+            return _binary_entropy(_masked_mean(p_plus_nl, mask, 0)).mean()
         p = p_plus_nl.clamp(1e-6, 1 - 1e-6).reshape(p_plus_nl.shape[0], -1, g)  # (N, groups, g)
         patterns = indices_to_bits(torch.arange(2 ** g, device=p.device), g).to(p.dtype)  # (2^g, g)
         log_joint = p.log() @ patterns.T + (1 - p).log() @ (1 - patterns).T  # (N, groups, 2^g)
-        average = (log_joint.exp() * weight[:, :, None]).sum(0)  # (groups, 2^g)
+        average = _masked_mean(log_joint.exp(), mask, 0)  # (groups, 2^g)
         entropy = -(average * average.clamp_min(1e-12).log()).sum(-1)
         return entropy.mean() / g
