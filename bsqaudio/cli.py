@@ -433,8 +433,12 @@ def train(
     time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
     discriminator: Annotated[bool, typer.Option(
         "--discriminator/--no-discriminator", help="PatchGAN on the mel (off by default on CPU).")] = False,
-    disc_start: int = 5000,
-    disc_weight: float = 0.1,
+    disc_start: Annotated[int, typer.Option(help="Step at which the discriminator starts.")] = 5000,
+    disc_weight: Annotated[float, typer.Option(
+        help="GAN terms' weight, relative to the reconstruction's gradient at the last layer.")] = 0.1,
+    disc_lr: Annotated[float, typer.Option(help="Discriminator learning rate.")] = 1e-4,
+    feature_match_weight: Annotated[float, typer.Option(
+        help="Feature matching beside the hinge loss, within --disc-weight.")] = 1.0,
     ema_decay: float = 0.999,
     val_fraction: float = 0.05,
     val_dir: Annotated[Optional[list[str]], typer.Option(help="Validation folders (instead of a split).")] = None,
@@ -485,7 +489,8 @@ def train(
         spec_augment=spec_augment,
         time_masks=time_masks, time_mask_width=time_mask_width, freq_masks=freq_masks,
         freq_mask_width=freq_mask_width, discriminator=discriminator, disc_start=disc_start,
-        disc_weight=disc_weight, ema_decay=ema_decay, val_fraction=val_fraction,
+        disc_weight=disc_weight, disc_lr=disc_lr, feature_match_weight=feature_match_weight,
+        ema_decay=ema_decay, val_fraction=val_fraction,
         val_dirs=val_dir or [], val_every=val_every, val_windows=val_windows,
         checkpoint_every=checkpoint_every, seed=seed, grad_checkpointing=grad_checkpointing,
         compile=compile, device=device, cache=cache, plot=plot, export_dtype=export_dtype,

@@ -542,11 +542,17 @@ def test_init_from_starts_with_the_given_weights(tmp_path, corpus):
 
 def test_freeze_encoder_trains_the_decoder_and_keeps_the_codes(tmp_path, corpus):
     """Everything that decides the codes (BatchNorm statistics included) leaves the run exactly as
-    it came in; the decoder side moves."""
+    it came in, with the discriminator on too; the decoder side moves, and a clip encodes to the
+    same tokens with both models."""
     first = tmp_path / "first"
     train(settings(first, corpus, steps=2))
     second = tmp_path / "second"
-    train(settings(second, corpus, steps=3, init_from=str(first / "export"), freeze_encoder=True))
+    train(settings(second, corpus, steps=3, init_from=str(first / "export"), freeze_encoder=True,
+                   discriminator=True, disc_start=1, spec_augment=False))
+    clip = torch.from_numpy(make_clip("chirp", 12.0, 7))
+    tokens = [bsqaudio.Codec.from_pretrained(run / "export", device="cpu").encode(clip, RATE).indices
+              for run in (first, second)]
+    assert torch.equal(*tokens)
     before = load_file(str(first / "export" / "model.safetensors"))
     after = load_file(str(second / "export" / "model.safetensors"))
     encoder_side = [k for k in before if k.split(".")[0] in ("patch_embed", "encoder", "encoder_pos", "quant_embed")]

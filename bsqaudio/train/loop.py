@@ -28,15 +28,9 @@ from bsqaudio.hub import from_pretrained, save_pretrained
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
 from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, list_inputs
-from bsqaudio.train.losses import (
-    PatchDiscriminator,
-    adaptive_weight,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-    reconstruction_loss,
-    spec_augment,
-)
-from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_token_mask
+from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, judged
+from bsqaudio.train.losses import reconstruction_loss, spec_augment
+from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
 from bsqaudio.train.progress import TrainingProgress
 
 
@@ -71,6 +65,7 @@ class TrainSettings:
     disc_start: int = 5000
     disc_weight: float = 0.1
     disc_lr: float = 1e-4
+    feature_match_weight: float = 1.0  # feature matching beside the hinge term, both under disc_weight
     val_fraction: float = 0.05
     val_dirs: list[str] = field(default_factory=list)
     val_every: int = 500
@@ -281,10 +276,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     forward = torch.compile(model) if s.compile else model
     optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=s.lr, betas=(0.9, 0.99),
                                   weight_decay=s.weight_decay)
-    disc = disc_opt = None
-    if s.discriminator:
-        disc = PatchDiscriminator().to(run.device)
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=s.disc_lr, betas=(0.5, 0.9))
+    adversary = Adversary(PatchDiscriminator(), s.disc_lr, run.device, run.distributed) if s.discriminator else None
     generator = torch.Generator().manual_seed(s.seed * 1000 + run.rank)
     step = 0
     ckpt_dir = run.out / "checkpoint"
@@ -300,9 +292,8 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
             generator.set_state(states[run.rank])
         else:  # more ranks than the checkpoint was saved with: a fresh, reproducible stream
             generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
-        if disc is not None and "disc" in trainer_state:
-            disc.load_state_dict(trainer_state["disc"])
-            disc_opt.load_state_dict(trainer_state["disc_optimizer"])
+        if adversary is not None and "disc" in trainer_state:
+            adversary.load_state_dict(trainer_state)
         step = meta["step"]
         run.log(f"resumed from step {step}")
         if run.is_main:
@@ -323,9 +314,8 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         if not run.is_main:
             return
         trainer_state = {"optimizer": optimizer.state_dict(), "generators": states}
-        if disc is not None:
-            trainer_state["disc"] = disc.state_dict()
-            trainer_state["disc_optimizer"] = disc_opt.state_dict()
+        if adversary is not None:
+            trainer_state.update(adversary.state_dict())
         save_checkpoint(ckpt_dir, step, core, ema, trainer_state,
                         {"settings": asdict(s), "config": config.to_dict()})
 
@@ -362,8 +352,8 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, quantizer_ramp))
-                use_gan = disc is not None and step >= s.disc_start
-                logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "disc": 0.0}
+                use_gan = adversary is not None and step >= s.disc_start
+                logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "fm": 0.0, "disc": 0.0}
                 for micro in range(s.grad_accum):
                     among = None
                     if batch_source is not None:
@@ -377,35 +367,33 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
                     if s.spec_augment:
                         inputs = spec_augment(target, generator, s.time_masks, s.time_mask_width,
                                               s.freq_masks, s.freq_mask_width)
-                    sync = (contextlib.nullcontext() if not run.distributed or micro == s.grad_accum - 1
-                            else model.no_sync())
+                    last_micro = micro == s.grad_accum - 1
+                    sync = contextlib.nullcontext() if not run.distributed or last_micro else model.no_sync()
                     with sync:
                         with autocast:
                             out = forward(inputs, real_token_mask(rows, config))
                         recon = reconstruction_loss(out.reconstruction, target, s.loss, frames)
                         total = recon + q_weight * out.quantizer.loss
                         if use_gan:
+                            fake = judged(out.reconstruction, target, real_frame_mask(frames, target.shape[1]))
                             with autocast:
-                                fake_logits = disc(out.reconstruction)
-                            gan = hinge_generator_loss(fake_logits.float())
-                            weight = adaptive_weight(recon, gan, head) * s.disc_weight
-                            total = total + weight * gan
-                            logs["gan"] += float(gan.detach()) / s.grad_accum
+                                adv, fm = adversary.generator_losses(fake, target)
+                            gan = adv + s.feature_match_weight * fm
+                            total = total + adaptive_weight(recon, gan, head) * s.disc_weight * gan
+                            logs["gan"] += float(adv.detach()) / s.grad_accum
+                            logs["fm"] += float(fm.detach()) / s.grad_accum
                         (total / s.grad_accum).backward()
                     if use_gan:
                         with autocast:
-                            d_loss = hinge_discriminator_loss(disc(target).float(),
-                                                              disc(out.reconstruction.detach()).float())
-                        (d_loss / s.grad_accum).backward()
-                        logs["disc"] += float(d_loss.detach()) / s.grad_accum
+                            logs["disc"] += adversary.discriminator_backward(
+                                target, fake, 1 / s.grad_accum, sync=last_micro) / s.grad_accum
                     logs["recon"] += float(recon.detach()) / s.grad_accum
                     logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
                 grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if use_gan:
-                    disc_opt.step()
-                    disc_opt.zero_grad(set_to_none=True)
+                    adversary.step()
                 update_ema(ema, core, s.ema_decay if step >= s.warmup else 0.0)
                 step += 1
 

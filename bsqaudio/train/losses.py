@@ -1,10 +1,8 @@
-"""Training losses: mel reconstruction, SpecAugment, and an optional PatchGAN discriminator."""
+"""Training losses: mel reconstruction and SpecAugment (the GAN's are in ``train.gan``)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from bsqaudio.train.metrics import real_frame_mask
 
@@ -41,38 +39,3 @@ def spec_augment(mel_btf: torch.Tensor, generator: torch.Generator, time_masks: 
             start = int(torch.randint(0, max(1, f - width), (1,), generator=generator))
             out[i, :, start: start + width] = -1.0
     return out
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN on the (B, T, F) mel: a real/fake logit per receptive-field patch."""
-
-    def __init__(self, channels: int = 32, layers: int = 3) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = [nn.Conv2d(1, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        width = channels
-        for _ in range(layers - 1):
-            blocks += [nn.Conv2d(width, width * 2, 4, 2, 1), nn.GroupNorm(8, width * 2),
-                       nn.LeakyReLU(0.2)]
-            width *= 2
-        blocks.append(nn.Conv2d(width, 1, 3, 1, 1))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, mel_btf: torch.Tensor) -> torch.Tensor:
-        return self.net(mel_btf.unsqueeze(1))
-
-
-def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-
-
-def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    return -fake_logits.mean()
-
-
-def adaptive_weight(recon: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    """Scale the adversarial term so its gradient at the last layer matches the reconstruction's
-    (as in VQGAN): the GAN then neither vanishes nor swamps the reconstruction."""
-    recon_grad = torch.autograd.grad(recon, last_layer, retain_graph=True)[0]
-    adv_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
-    return (recon_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
