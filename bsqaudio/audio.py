@@ -10,11 +10,9 @@ clamped to ``db_range`` below it and normalized to [-1, 1] for the model.
 
 from __future__ import annotations
 
-import glob
 import io
 import math
 import os
-import secrets
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torchaudio.functional as AF
 
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.atomic import atomic_path, write_bytes_atomic
 from bsqaudio.model.config import ModelConfig
 
 # Gains below this (a mel power of 0.01, about 66 dB below a full-scale sine) are treated as
@@ -207,9 +206,10 @@ def write_audio(destination: str | Path, wave: torch.Tensor, rate: int, fmt: str
 
 
 def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], rate: int) -> None:
-    """Write (T_i,) chunks as they come, to a temporary file renamed into place at the end, so
-    a long decode never holds the whole signal; ``-`` collects them and writes WAV to stdout
-    (a WAV header needs the length, and stdout cannot seek back to write it)."""
+    """Write (T_i,) chunks as they come, through ``atomic_path`` (a temporary renamed into place at
+    the end, or a copy into a device or FIFO), so a long decode never holds the whole signal;
+    ``-`` collects them and writes WAV to stdout (a WAV header needs the length, and stdout cannot
+    seek back to write it)."""
     if str(destination) == "-":
         write_audio("-", torch.cat(list(chunks)), rate)
         return
@@ -217,45 +217,20 @@ def write_audio_stream(destination: str | Path, chunks: Iterable[torch.Tensor], 
     fmt = path.suffix[1:].upper() or "WAV"
     if fmt not in sf.available_formats():
         raise BsqAudioError(f"{path}: unknown output format {fmt!r}; use .wav, .flac or .ogg")
-    tmp = temporary_path(path)
     reason = None
     try:
-        open(tmp, "xb").close()  # noqa: SIM115 - claim the name; libsndfile then writes into it
-        subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
-        with sf.SoundFile(tmp, "w", rate, 1, subtype=subtype, format=fmt) as handle:
-            for chunk in chunks:
-                try:
-                    handle.write(chunk.detach().cpu().float().clamp(-1.0, 1.0).numpy())
-                except sf.LibsndfileError:
-                    reason = _sndfile_reason(handle)
-                    raise
-        os.replace(tmp, path)
-        remove_stale_temporaries(path)
+        with atomic_path(path) as tmp:
+            subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+            with sf.SoundFile(tmp, "w", rate, 1, subtype=subtype, format=fmt) as handle:
+                for chunk in chunks:
+                    try:
+                        handle.write(chunk.detach().cpu().float().clamp(-1.0, 1.0).numpy())
+                    except sf.LibsndfileError:
+                        reason = _sndfile_reason(handle)
+                        raise
     except (OSError, sf.LibsndfileError) as err:
-        tmp.unlink(missing_ok=True)
         reason = reason or getattr(err, "strerror", None) or _short(err)
         raise BsqAudioError(f"{path}: cannot write ({reason})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def temporary_path(path: Path) -> Path:
-    """A new hidden name beside ``path`` to write it under before renaming it into place. The name
-    is chosen before the file exists and the file is created inside the ``try`` that removes it,
-    so a SIGINT or SIGTERM at any point leaves nothing behind (``mkstemp`` creates the file before
-    its caller learns the name: an interrupt in between leaked it). 64 random bits: no clashes.
-    Files are created with the usual permissions (0666 less the umask), as any other output."""
-    folder = path.parent if str(path.parent) else Path(".")
-    return folder / f".{path.name}.{secrets.token_hex(8)}.part"
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files of ``path`` left by a run killed with SIGKILL (which no handler
-    sees), once ``path`` itself has been written: a resumed batch ends with no debris."""
-    folder = path.parent if str(path.parent) else Path(".")
-    for stale in folder.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 16}.part"):
-        stale.unlink(missing_ok=True)
 
 
 def _sndfile_reason(handle: sf.SoundFile) -> str | None:
@@ -266,22 +241,6 @@ def _sndfile_reason(handle: sf.SoundFile) -> str | None:
     except Exception:  # soundfile internals moved: fall back to the exception's own text
         return None
     return text.strip().removeprefix("System error :").strip().rstrip(".") or None
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the destination folder, then rename it over ``path``."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-        remove_stale_temporaries(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class MelFrontend:

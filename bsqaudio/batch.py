@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bsqaudio.audio import write_bytes_atomic
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
 from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.atomic import write_bytes_atomic
 from bsqaudio.pipeline import encode_sources, failure_reason
 from bsqaudio.train.data import AUDIO_SUFFIXES
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.atomic import atomic_text
 
 app = typer.Typer(
     name="bsqaudio",
@@ -49,13 +50,15 @@ def fail(message: str) -> None:
 
 
 def check_output(path: str, force: bool) -> None:
-    """Refuse an output that cannot or must not be written, before any work is done."""
+    """Refuse an output that cannot or must not be written, before any work is done. A character
+    device or FIFO (``-o /dev/null``) is written through, so it needs no ``--force``."""
+    from bsqaudio.io.atomic import check_target
+
     if path == "-":
         return
     out = Path(path)
-    if out.is_dir():
-        fail(f"{out}: is a directory; give an output file name")
-    if out.exists() and not force:
+    special = check_target(out)
+    if out.exists() and special is None and not force:
         fail(f"{out}: already exists (use --force to overwrite)")
     check_folder(out.parent, "output folder")
 
@@ -81,32 +84,6 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 @contextmanager
-def atomic_text(path: str):
-    """A text file written under a temporary name in the destination folder and renamed into place
-    when the block ends without an exception; removed otherwise (an error, SIGINT, SIGTERM)."""
-    from bsqaudio.audio import temporary_path
-
-    out = Path(path)
-    tmp = temporary_path(out)
-    handle, ours = None, True  # ours: the error, if any, comes from writing the file itself
-    try:
-        handle = open(tmp, "x")  # noqa: SIM115
-        ours = False
-        yield handle
-        ours = True
-        handle.close()
-        os.replace(tmp, out)
-    except BaseException as err:
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                handle.close()
-        tmp.unlink(missing_ok=True)
-        if ours and isinstance(err, OSError):
-            fail(f"{out}: cannot write ({err.strerror})")
-        raise
-
-
-@contextmanager
 def progress_bar(enabled: bool, label: str):
     """Yield a (done, total) callback that drives a rich bar on stderr, shown for long inputs."""
     if not enabled or not err_console.is_terminal:
@@ -129,7 +106,7 @@ def load_codec(model: str | None, revision: str | None, device: str, batch_size:
 
 
 def write_output(path: str, payload: bytes) -> None:
-    from bsqaudio.audio import write_bytes_atomic
+    from bsqaudio.io.atomic import write_bytes_atomic
 
     if path == "-":
         sys.stdout.buffer.write(payload)
@@ -261,7 +238,7 @@ def encode(
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy("file_system")
-    with atomic_text(output) if jsonl_file else contextlib.nullcontext(sys.stdout) as jsonl_out:
+    with atomic_text(Path(output)) if jsonl_file else contextlib.nullcontext(sys.stdout) as jsonl_out:
         summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out if fmt == "jsonl" else None,
                                     skip_existing, report_event, workers)
     finish_batch(summary, errors)

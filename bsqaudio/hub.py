@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from bsqaudio.audio import write_bytes_atomic
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.atomic import write_bytes_atomic
 from bsqaudio.model import AudioBSQ, ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from bsqaudio.audio import write_bytes_atomic
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.atomic import write_bytes_atomic
 
 
 def _pyplot():

@@ -205,7 +205,7 @@ def test_cli_workers_match_in_process_reading(corpus, tmp_path, tiny_model_dir):
 def test_rewriting_an_output_removes_temporaries_of_a_killed_run(tmp_path):
     """SIGKILL cannot be handled, so a killed run may leave `.NAME.<random>.part`; the next
     successful write of NAME removes it (and leaves other files' temporaries alone)."""
-    from bsqaudio.audio import temporary_path, write_bytes_atomic
+    from bsqaudio.io.atomic import temporary_path, write_bytes_atomic
 
     target, other = tmp_path / "clip.bsq", tmp_path / "clip2.bsq"
     stale, unrelated = temporary_path(target), temporary_path(other)
