@@ -9,7 +9,9 @@ are safetensors only, never pickles, and must match their config exactly.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import write_bytes_atomic
 from bsqaudio.model import AudioBSQ, ModelConfig
+from bsqaudio.model.config import MAX_CONFIG_BYTES, MAX_PARAMETERS
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -46,39 +49,108 @@ def save_pretrained(model: AudioBSQ, folder: str | Path, dtype: torch.dtype = to
     return folder
 
 
-def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
-    """Build the model from a safetensors file and its config (beside it or in its metadata)."""
+def _open_regular(path: Path, what: str) -> int:
+    """An fd for reading ``path`` (symlinks followed, as in the Hub cache), refused unless it is
+    a regular file: /dev/zero would be read forever, a FIFO would block the open itself
+    (hence O_NONBLOCK, which regular files ignore)."""
     try:
-        payload = weights.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise BsqAudioError(f"{path}: no such file") from None
     except OSError as err:
-        raise BsqAudioError(f"{weights}: cannot read model weights ({err.strerror})") from None
+        raise BsqAudioError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BsqAudioError(f"{path}: not a regular file ({what} must be read from a file)")
+    return fd
+
+
+def _read_config(path: Path) -> ModelConfig:
+    """config.json, read with a bound: it is untrusted, like the weights."""
+    with os.fdopen(_open_regular(path, "a model config"), "rb") as handle:
+        text = handle.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return ModelConfig.from_json(text)
+    except BsqAudioError as err:
+        raise BsqAudioError(f"{path}: {err}") from None
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with os.fdopen(_open_regular(path, "model weights"), "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.Size, bool]]:
+    """Name -> (shape, is floating point) of every tensor the config's model holds, found on the
+    meta device: nothing is allocated, so a hostile config costs nothing until it is refused."""
+    with torch.device("meta"):
+        model = AudioBSQ(config)
+    return {k: (v.shape, v.is_floating_point()) for k, v in model.state_dict().items()}
+
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def check_weights_header(weights: Path, handle, expected: dict[str, tuple[torch.Size, bool]]) -> None:
+    """Compare the names, shapes and dtypes in the safetensors header (``handle``, from
+    ``safe_open``) with ``expected_tensors(config)``, before any tensor is read."""
+    parameters = sum(shape.numel() for shape, _ in expected.values())
+    if parameters > MAX_PARAMETERS:
+        raise BsqAudioError(f"{weights}: the config describes a model of {parameters:,} parameters, "
+                            f"more than the {MAX_PARAMETERS:,} bsqaudio loads")
+    names = sorted(set(expected) ^ set(handle.keys()))
+    if names:
+        first = names[0].encode("unicode_escape", "backslashreplace").decode("ascii")[:80]
+        raise BsqAudioError(f"{weights}: weights do not match the config (first mismatch: {first})")
+    for name, (shape, floating) in expected.items():
+        tensor = handle.get_slice(name)
+        if tuple(tensor.get_shape()) != tuple(shape):
+            raise BsqAudioError(f"{weights}: weights do not match the config (shape of {name})")
+        if (tensor.get_dtype() in _FLOAT_DTYPES) != floating or \
+                not floating and tensor.get_dtype() != "I64":
+            raise BsqAudioError(f"{weights}: weights do not match the config (dtype "
+                                f"{tensor.get_dtype()} of {name})")
+
+
+def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
+    """Build the model from a safetensors file and its config (beside it or in its metadata).
+
+    Everything is checked before the model is allocated: the file is regular, the config within
+    ModelConfig's limits, the safetensors header's tensors exactly the config's; then the values
+    must be finite (NaN weights would silently give all-zero codes)."""
+    os.close(_open_regular(weights, "model weights"))
+    beside = None
+    if config_path is not None and config_path.exists():
+        beside = _read_config(config_path)
     try:
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            try:
+                inside = ModelConfig.from_json(metadata["config"]) if "config" in metadata else None
+            except BsqAudioError as err:
+                raise BsqAudioError(f"{weights}: the config in its metadata: {err}") from None
+            if beside and inside and beside != inside:
+                raise BsqAudioError(f"{weights}: config.json beside it does not match the weights' config")
+            config = beside or inside
+            if config is None:
+                raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
+            expected = expected_tensors(config)
+            check_weights_header(weights, handle, expected)
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise BsqAudioError(f"{weights}: not a valid safetensors file ({err})") from None
-    beside = None
-    if config_path is not None and config_path.exists():
-        beside = ModelConfig.from_json(config_path.read_text())
-    inside = ModelConfig.from_json(metadata["config"]) if "config" in metadata else None
-    if beside and inside and beside != inside:
-        raise BsqAudioError(f"{weights}: config.json beside it does not match the weights' config")
-    config = beside or inside
-    if config is None:
-        raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
+    if {k: v.shape for k, v in state.items()} != {k: shape for k, (shape, _) in expected.items()}:
+        raise BsqAudioError(f"{weights}: the file changed while it was being read")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BsqAudioError(f"{weights}: weight {name} holds NaN or infinite values")
     model = AudioBSQ(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    names = sorted(set(expected) ^ set(state))
-    if names:
-        raise BsqAudioError(f"{weights}: weights do not match the config (first mismatch: {names[0]})")
-    bad = [k for k, v in state.items() if expected[k] != v.shape]
-    if bad:
-        raise BsqAudioError(f"{weights}: weights do not match the config (shape of {bad[0]})")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.eval()
-    digest = hashlib.sha256(payload).hexdigest()[:16]
-    return Pretrained(model=model, model_hash=digest, source=str(weights))
+    return Pretrained(model=model, model_hash=_hash_file(weights), source=str(weights))
 
 
 def from_pretrained(name: str | Path | None = None, revision: str | None = None,
@@ -97,7 +169,7 @@ def from_pretrained(name: str | Path | None = None, revision: str | None = None,
         if not weights.exists():
             raise BsqAudioError(f"{path}: folder has no {WEIGHTS_NAME}")
         return load_weights(weights, path / CONFIG_NAME)
-    if path.is_file():
+    if path.exists():  # a file, or a FIFO or device, which load_weights refuses
         return load_weights(path, path.with_name(CONFIG_NAME))
     return _from_hub(str(name), revision, cache_dir)
 

@@ -383,3 +383,194 @@ def test_no_pickle_loads_in_the_package():
             if owner in ("pickle", "dill", "cloudpickle") and node.func.attr in ("load", "loads"):
                 problems.append(f"{where} {owner}.{node.func.attr}")
     assert not problems, problems
+
+
+# -- hostile model folders: refused before anything big is read or allocated ------------------------
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging: a FIFO with no writer blocks open() and read() forever."""
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("still blocked after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def make_special(path, kind: str):
+    """A FIFO, or a char device that reads like /dev/zero (1, 5), at ``path`` (never /dev)."""
+    import os
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    except (PermissionError, OSError) as err:
+        pytest.skip(f"cannot make a device file here ({err})")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero-device"])
+def test_weights_that_are_not_a_regular_file(tmp_path, tiny_model_dir, kind, no_hang):
+    """Was: /dev/zero as model.safetensors read until RSS passed GBs, a FIFO hung."""
+    shutil.copy(tiny_model_dir / CONFIG_NAME, tmp_path / CONFIG_NAME)
+    make_special(tmp_path / WEIGHTS_NAME, kind)
+    for name in (tmp_path, tmp_path / WEIGHTS_NAME):
+        with pytest.raises(BsqAudioError, match="not a regular file"):
+            bsqaudio.from_pretrained(name)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero-device"])
+def test_config_that_is_not_a_regular_file(tmp_path, tiny_model_dir, kind, no_hang):
+    shutil.copy(tiny_model_dir / WEIGHTS_NAME, tmp_path / WEIGHTS_NAME)
+    make_special(tmp_path / CONFIG_NAME, kind)
+    with pytest.raises(BsqAudioError, match="config.json: not a regular file"):
+        bsqaudio.from_pretrained(tmp_path)
+
+
+@pytest.fixture
+def bare_weights(tmp_path, tiny_model_dir):
+    """A folder with the tiny model's weights (no config in their metadata) and no config.json
+    yet: the config a test writes is the only one."""
+    save_file(load_file(str(tiny_model_dir / WEIGHTS_NAME)), str(tmp_path / WEIGHTS_NAME))
+    return tmp_path
+
+
+@pytest.fixture
+def real_models(monkeypatch):
+    """Records every AudioBSQ that hub builds off the meta device, i.e. that allocates."""
+    import bsqaudio.hub as hub
+
+    built = []
+
+    class Recording(AudioBSQ):
+        def __init__(self, config):
+            if torch.empty(0).device.type != "meta":
+                built.append(config)
+            super().__init__(config)
+
+    monkeypatch.setattr(hub, "AudioBSQ", Recording)
+    return built
+
+
+@pytest.mark.parametrize("changes", [{"width": 2048, "heads": 2}, {"encoder_layers": 60},
+                                     {"refine_channels": 256}],
+                         ids=["width-2048", "60-layers", "refine-256"])
+def test_big_config_with_ordinary_weights_allocates_nothing(bare_weights, changes, real_models):
+    """Was: the config's model was built first (width 20000: over 3 GB) and only then compared
+    with the weights. Now the safetensors header is compared with the shapes the config implies
+    (found on the meta device) before anything is allocated."""
+    config = ModelConfig.from_dict({**preset("tiny").to_dict(), **changes})
+    (bare_weights / CONFIG_NAME).write_text(config.to_json())
+    with pytest.raises(BsqAudioError, match="do not match the config"):
+        bsqaudio.from_pretrained(bare_weights)
+    assert real_models == []
+    (bare_weights / CONFIG_NAME).write_text(preset("tiny").to_json())
+    bsqaudio.from_pretrained(bare_weights)
+    assert real_models == [preset("tiny")]
+
+
+def test_config_past_the_parameter_limit(bare_weights, real_models):
+    huge = {**preset("tiny").to_dict(), "width": 4096, "heads": 4, "encoder_layers": 64,
+            "decoder_layers": 64, "mlp_ratio": 16.0}
+    (bare_weights / CONFIG_NAME).write_text(json.dumps(huge))
+    with pytest.raises(BsqAudioError, match="parameters, more than"):
+        bsqaudio.from_pretrained(bare_weights)
+    assert real_models == []
+
+
+HOSTILE_CONFIGS = {
+    "width-20000": {"width": 20000},
+    "layers-1e6": {"encoder_layers": 1_000_000},
+    "layers-float": {"encoder_layers": 1e6},
+    "heads-0": {"heads": 0},
+    "patch_time-0": {"patch_time": 0},
+    "hop_length-0": {"hop_length": 0},
+    "width-negative": {"width": -256},
+    "sample_rate-0": {"sample_rate": 0},
+    "width-float": {"width": 32.5},
+    "width-string": {"width": "32"},
+    "width-bool": {"width": True},
+    "width-nested": {"width": {"value": 32}},
+    "width-huge": {"width": 10**30},
+    "n_fft-huge": {"n_fft": 2**40},
+    "window_frames-huge": {"window_frames": 2**30, "patch_time": 1},
+    "win_length-past-n_fft": {"win_length": 2048},
+    "db_range-nan": {"db_range": float("nan")},
+    "db_range-inf": {"db_range": float("inf")},
+    "db_range-0": {"db_range": 0},
+    "mlp_ratio-nan": {"mlp_ratio": float("nan")},
+    "name-newline": {"name": "a\nb"},
+    "unknown-field-newline": {"evil\nname": 1},
+}
+
+
+@pytest.mark.parametrize("changes", list(HOSTILE_CONFIGS.values()), ids=list(HOSTILE_CONFIGS))
+def test_hostile_config_is_one_clear_line(bare_weights, changes, real_models):
+    (bare_weights / CONFIG_NAME).write_text(json.dumps({**preset("tiny").to_dict(), **changes}))
+    with pytest.raises(BsqAudioError) as caught:
+        bsqaudio.from_pretrained(bare_weights)
+    message = str(caught.value)
+    assert message.startswith(str(bare_weights / CONFIG_NAME)), message
+    assert "\n" not in message and message.isprintable() and len(message) < 300, repr(message)
+    assert real_models == []
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{\x00}\x00", b'{"width": 32, "name": "\xe9"}',
+                                     b"[" * 100_000, b'{"width": ' + b"1" * 5000 + b"}",
+                                     b"[1, 2]", b'"tiny"', b"null", b"not json", b"",
+                                     b"{}" + b" " * 70_000],
+                         ids=["utf16", "latin1", "deep", "5000-digits", "list", "string", "null",
+                              "not-json", "empty", "too-long"])
+def test_unreadable_config_json_is_one_clear_line(bare_weights, content):
+    (bare_weights / CONFIG_NAME).write_bytes(content)
+    with pytest.raises(BsqAudioError, match="config.json: model config") as caught:
+        bsqaudio.from_pretrained(bare_weights)
+    assert "\n" not in str(caught.value)
+
+
+def test_hostile_config_in_the_weights_metadata(tmp_path, tiny_model_dir, real_models):
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    bad = json.dumps({**preset("tiny").to_dict(), "width": 20000})
+    save_file(state, str(tmp_path / "alone.safetensors"), metadata={"config": bad})
+    with pytest.raises(BsqAudioError, match="config in its metadata.*width must be between"):
+        bsqaudio.from_pretrained(tmp_path / "alone.safetensors")
+    assert real_models == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused(bare_weights, tiny_model_dir, value):
+    """Was: loaded, and a NaN anywhere in the encoder made every code 0."""
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    state["quant_embed.bias"][3] = value
+    _save_state(bare_weights, state, preset("tiny"))
+    with pytest.raises(BsqAudioError, match="quant_embed.bias holds NaN or infinite values"):
+        bsqaudio.from_pretrained(bare_weights)
+
+
+def test_integer_weights_for_a_float_tensor_are_refused(bare_weights, tiny_model_dir):
+    state = load_file(str(tiny_model_dir / WEIGHTS_NAME))
+    state["head.weight"] = torch.zeros_like(state["head.weight"], dtype=torch.int32)
+    _save_state(bare_weights, state, preset("tiny"))
+    with pytest.raises(BsqAudioError, match="dtype I32 of head.weight"):
+        bsqaudio.from_pretrained(bare_weights)
+
+
+def test_config_limits_admit_the_presets_and_more():
+    """The limits are a safety net, not a design constraint: every preset, and a base a third
+    wider and twice as deep (3.5x its parameters), stay within them."""
+    from bsqaudio.model.config import MAX_PARAMETERS, PRESETS
+
+    for config in PRESETS.values():
+        assert ModelConfig.from_dict(config.to_dict()) == config
+    big = ModelConfig.from_dict({**preset("base").to_dict(), "width": 1024, "heads": 16,
+                                 "encoder_layers": 24, "decoder_layers": 24})
+    from bsqaudio.hub import expected_tensors
+
+    assert sum(shape.numel() for shape, _ in expected_tensors(big).values()) < MAX_PARAMETERS

@@ -8,9 +8,44 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from bsqaudio.errors import BsqAudioError
+
+# A config.json is untrusted input (a --model folder, a Hub repo) and every size in it becomes a
+# tensor, so each one is bounded: (low, high) inclusive. The limits are generous past the presets
+# (base: width 768, 12 + 12 layers; every preset: 16 kHz, 1024 x 128 windows of 512 patches); a
+# .bsq header, which names the same front-end and patch geometry, is held to the same limits.
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "sample_rate": (1000, 384_000),  # the output rates bsqaudio decodes to
+    "n_fft": (2, 16384),
+    "win_length": (1, 16384),
+    "hop_length": (1, 16384),
+    "n_mels": (1, 1024),
+    "window_frames": (1, 16384),
+    "patch_time": (1, 16384),
+    "patch_freq": (1, 1024),
+    "width": (1, 4096),
+    "heads": (1, 256),
+    "encoder_layers": (0, 64),
+    "decoder_layers": (0, 64),
+    "conv_kernel": (1, 255),
+    "refine_channels": (0, 256),
+    "code_bits": (1, 63),
+}
+# (low, high) for floats; all must be finite (JSON's NaN and Infinity parse): a NaN db_range
+# silently turns every spectrogram into NaN and every code into zero.
+FLOAT_LIMITS: dict[str, tuple[float, float]] = {
+    "db_range": (1.0, 200.0),
+    "mlp_ratio": (0.0, 16.0),  # and width * mlp_ratio >= 1
+    "layer_scale_init": (-1e3, 1e3),
+    "inv_temperature": (1e-6, 1e6),
+}
+MAX_PATCHES = 4096  # patches a window (grid_time * grid_freq): attention is quadratic in it
+MAX_WINDOW_BINS = 1 << 20  # window_frames * n_mels, the size of one window's spectrogram
+MAX_PARAMETERS = 1 << 30  # checked by bsqaudio.hub before allocating; base has 215 M
+MAX_NAME_CHARS = 200  # the name goes into every .bsq header and error message
 
 
 @dataclass(frozen=True)
@@ -45,19 +80,40 @@ class ModelConfig:
     name: str = "bsqaudio-custom"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # also for configs built in Python, not from JSON
+            value, expected = getattr(self, f.name), type(f.default)
+            allowed = (int, float) if expected is float else expected
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, allowed):
+                raise BsqAudioError(f"model config field {f.name!r} must be {expected.__name__}")
+        out_of_range = [f"{key} must be between {low} and {high}"
+                        for key, (low, high) in INT_LIMITS.items()
+                        if not low <= getattr(self, key) <= high]
+        out_of_range += [f"{key} must be a finite number in ({low:g}, {high:g}]"
+                         for key, (low, high) in FLOAT_LIMITS.items()
+                         if not (math.isfinite(v := getattr(self, key)) and low < v <= high)]
+        if not self.name.isprintable() or len(self.name) > MAX_NAME_CHARS:
+            out_of_range.append(f"name must be printable text of at most {MAX_NAME_CHARS} characters")
+        if out_of_range:  # before the checks below, which divide by these
+            raise BsqAudioError("invalid model config: " + "; ".join(out_of_range))
         problems = []
+        if self.win_length > self.n_fft:
+            problems.append("win_length must be at most n_fft")
+        if int(self.width * self.mlp_ratio) < 1:
+            problems.append("width * mlp_ratio must be at least 1")
         if self.window_frames % self.patch_time:
             problems.append("window_frames must be a multiple of patch_time")
         if self.n_mels % self.patch_freq:
             problems.append("n_mels must be a multiple of patch_freq")
         if self.width % self.heads:
             problems.append("width must be a multiple of heads")
-        if not 1 <= self.code_bits <= 63:
-            problems.append("code_bits must be between 1 and 63")
         if self.conv and self.conv_kernel % 2 == 0:
             problems.append("conv_kernel must be odd")
         if self.n_fft // 2 + 1 < self.n_mels:
             problems.append("n_fft too small for n_mels")
+        if not problems and self.num_patches > MAX_PATCHES:
+            problems.append(f"a window may have at most {MAX_PATCHES} patches, not {self.num_patches}")
+        if self.window_frames * self.n_mels > MAX_WINDOW_BINS:
+            problems.append(f"window_frames * n_mels must be at most {MAX_WINDOW_BINS}")
         if problems:
             raise BsqAudioError("invalid model config: " + "; ".join(problems))
 
@@ -99,23 +155,38 @@ class ModelConfig:
         known = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise BsqAudioError(f"unknown model config fields: {', '.join(unknown)}")
-        defaults = cls()
-        for key, value in data.items():
-            expected = type(getattr(defaults, key))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise BsqAudioError(f"model config field {key!r} must be {expected.__name__}")
+            names = ", ".join(_printable(name) for name in unknown[:5])
+            raise BsqAudioError(f"unknown model config fields: {names}")
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
+    def from_json(cls, text: str | bytes) -> ModelConfig:
+        """Parse an untrusted config.json (text, or bytes that must be UTF-8)."""
+        if len(text) > MAX_CONFIG_BYTES:
+            raise BsqAudioError(f"model config is longer than {MAX_CONFIG_BYTES} bytes")
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BsqAudioError("model config is not UTF-8 text") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise BsqAudioError(f"model config is not valid JSON: {err}") from None
+        except (ValueError, RecursionError):  # an int of over 4300 digits; nesting too deep
+            raise BsqAudioError("model config is not valid JSON (too deeply nested, or a "
+                                "number too long)") from None
         return cls.from_dict(data)
+
+
+MAX_CONFIG_BYTES = 64 * 1024  # a real config.json is under 1 KB
+
+
+def _printable(name: str, limit: int = 40) -> str:
+    """A field name as one short printable line, for error messages."""
+    if not name.isprintable():
+        name = name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 PRESETS: dict[str, ModelConfig] = {
