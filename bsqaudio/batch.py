@@ -1,37 +1,34 @@
-"""Many files at once: gather inputs, take a shard, encode each, never lose work to a bad file.
+"""Many files at once: encode or decode each, never lose work to a bad file or clobber an output.
 
-Outputs mirror the input tree under the output folder and are written to a temporary name then
-renamed, so a killed run leaves only complete files and ``--skip-existing`` resumes it. A file
-that cannot be read is reported (path and reason), recorded, and skipped; the rest go on.
+Which files and where their outputs go is ``bsqaudio.io.inputs``' job (checked as a whole before
+any work). Outputs are written through ``bsqaudio.io.atomic``, so a killed run leaves only complete
+files and ``--skip-existing`` resumes it; a jsonl output resumes too, from the complete lines of
+the previous output and of a killed run's temporary. A file that cannot be read is reported (path
+and reason), recorded, and skipped; the rest go on.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
-import sys
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
 from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.io.atomic import write_bytes_atomic
+from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomic
+from bsqaudio.io.inputs import Job, output_path
 from bsqaudio.pipeline import encode_sources, failure_reason
-from bsqaudio.train.data import AUDIO_SUFFIXES
 
 FORMATS = ("bsq", "npy", "jsonl")
-
-
-@dataclass(frozen=True)
-class Job:
-    source: Path
-    relative: Path  # where the output goes under the output folder (suffix replaced)
 
 
 @dataclass
@@ -43,60 +40,6 @@ class Summary:
     tokens: int = 0
     wall_s: float = 0.0
     errors: list[dict] = field(default_factory=list)
-
-
-def read_path_list(source: str) -> list[str]:
-    """One path a line from a file or ``-`` (stdin); blank lines and ``#`` comments ignored."""
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    except OSError as err:
-        raise BsqAudioError(f"{source}: cannot read the path list ({err.strerror})") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def gather(items: Iterable[str], recursive: bool = True, pattern: str | None = None,
-           suffixes: Iterable[str] = AUDIO_SUFFIXES) -> list[Job]:
-    """Files and folders -> jobs. A folder contributes its audio files (``pattern`` filters by
-    name), each placed under the output folder by its path relative to that folder; a file
-    contributes itself under its own name. Files that do not exist are kept as jobs, so that
-    they are reported as failures rather than silently dropped."""
-    wanted = {s.lower() for s in suffixes}
-    jobs: list[Job] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            walker = path.rglob("*") if recursive else path.glob("*")
-            # Folders named like audio files (x.flac/) are kept: they fail and are reported.
-            found = sorted(p for p in walker
-                           if (fnmatch.fnmatch(p.name, pattern) if pattern else p.suffix.lower() in wanted))
-            jobs.extend(Job(p, p.relative_to(path)) for p in found)
-        else:
-            jobs.append(Job(path, Path(path.name) if path.is_absolute() else path))
-    return jobs
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise BsqAudioError(f"--shard must look like K/N (e.g. 0/4), not {text!r}") from None
-    if not 0 <= index < count:
-        raise BsqAudioError(f"--shard {text}: K must be between 0 and N-1")
-    return index, count
-
-
-def take_shard(jobs: list[Job], index: int, count: int) -> list[Job]:
-    """Every count-th job starting at index, over the list sorted by source path: the shards of
-    one input list are disjoint and cover it exactly, whatever order the list came in."""
-    ordered = sorted(jobs, key=lambda job: str(job.source))
-    return ordered[index::count]
-
-
-def output_path(out_dir: Path, job: Job, fmt: str) -> Path:
-    relative = job.relative
-    if relative.is_absolute() or ".." in relative.parts:
-        relative = Path(*[p for p in relative.parts if p not in ("/", "..")])
-    return out_dir / relative.with_suffix(f".{fmt}")
 
 
 def npy_bytes(codes: Codes) -> bytes:
@@ -118,20 +61,21 @@ def jsonl_record(job: Job, codes: Codes) -> dict:
 
 
 class _Tally:
-    """Counts, error records and events of a batch run, shared by both directions."""
+    """Counts and error records of a batch run, shared by both directions."""
 
     def __init__(self, on_event: Callable[[str, Job, str], None] | None) -> None:
         self.summary = Summary()
         self.on_event = on_event
         self.start = time.time()
 
-    def already_done(self, job: Job, target: Path | None, skip_existing: bool) -> bool:
-        """True (and counted as skipped) when --skip-existing finds ``target`` already written."""
-        if target is None or not skip_existing or not target.exists():
+    def already_done(self, job: Job, target: Path | None, skip_existing: bool, recorded: set[str]) -> bool:
+        """True (and counted as skipped) when --skip-existing finds the job's output written:
+        ``target``, or its record among ``recorded`` (jsonl)."""
+        if not skip_existing:
+            return False
+        if not (str(job.source) in recorded if target is None else target.exists()):
             return False
         self.summary.skipped += 1
-        if self.on_event:
-            self.on_event("skipped", job, str(target))
         return True
 
     def failed(self, job: Job, reason: str) -> None:
@@ -140,31 +84,92 @@ class _Tally:
         if self.on_event:
             self.on_event("failed", job, reason)
 
-    def done(self, job: Job, codes: Codes, target: Path | None) -> None:
+    def done(self, job: Job, codes: Codes) -> None:
         self.summary.done += 1
         self.summary.seconds_of_audio += codes.duration
         self.summary.tokens += codes.indices.numel()
-        if self.on_event:
-            self.on_event("done", job, str(target) if target else "")
 
     def finish(self) -> Summary:
         self.summary.wall_s = time.time() - self.start
         return self.summary
 
 
+class JsonlSink:
+    """Where a jsonl run's records go. A record is written whole or not at all: a write that fails
+    (a full disk) is cut back to the end of the previous line, so no cut line is ever counted."""
+
+    def __init__(self, handle: BinaryIO, seekable: bool) -> None:
+        self.handle = handle
+        self.seekable = seekable
+
+    def write(self, record: dict) -> None:
+        line = memoryview((json.dumps(record) + "\n").encode())
+        start = self.handle.tell() if self.seekable else None
+        try:
+            while line:
+                line = line[self.handle.write(line):]
+            self.handle.flush()
+        except OSError:
+            if start is not None:
+                self.handle.truncate(start)
+                self.handle.seek(start)
+            raise
+
+
+def complete_records(path: Path) -> Iterator[tuple[bytes, str]]:
+    """(line, path) of each complete record in a jsonl output: a line cut short (no newline, or
+    not a JSON object with a path) ends the readable part."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError:
+        return
+    with handle:
+        for line in handle:
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                return
+            yield line, record["path"]
+
+
+@contextmanager
+def jsonl_output(path: Path | None, resume: bool) -> Iterator[tuple[JsonlSink, set[str]]]:
+    """A sink for a jsonl run (stdout when ``path`` is None) and the paths already in it. With
+    ``resume``, the new file starts with the complete records of ``path`` and of any temporary a
+    killed run left beside it, each path once; the run then skips those paths."""
+    if path is None:
+        import sys
+
+        yield JsonlSink(sys.stdout.buffer, seekable=False), set()
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as raw:
+        done: set[str] = set()
+        if resume:
+            for source in [path, *stale_temporaries(path)]:
+                for line, record_path in complete_records(source):
+                    if record_path not in done:
+                        done.add(record_path)
+                        raw.write(line)
+        yield JsonlSink(raw, seekable=not os.isatty(raw.fileno())), done
+
+
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
-                jsonl_out: io.TextIOBase | None = None, skip_existing: bool = False,
+                jsonl: tuple[JsonlSink, set[str]] | None = None, skip_existing: bool = False,
                 on_event: Callable[[str, Job, str], None] | None = None, workers: int = 0) -> Summary:
-    """Encode every job; ``on_event(kind, job, detail)`` hears 'done', 'skipped' and 'failed'.
+    """Encode every job, to files under ``out_dir`` or as records into ``jsonl`` (a sink and the
+    paths it already holds); ``on_event(kind, job, detail)`` hears 'failed'.
 
     ``workers`` reader processes decode files while the model encodes windows packed from many
     files (see ``bsqaudio.pipeline``); outputs are written as each file completes."""
     tally = _Tally(on_event)
+    sink, recorded = jsonl if jsonl is not None else (None, set())
 
     def target_of(job: Job) -> Path | None:
-        return output_path(out_dir, job, fmt) if out_dir is not None and fmt != "jsonl" else None
+        return output_path(out_dir, job, fmt) if sink is None else None
 
-    todo = [job for job in jobs if not tally.already_done(job, target_of(job), skip_existing)]
+    todo = [job for job in jobs if not tally.already_done(job, target_of(job), skip_existing, recorded)]
     for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers):
         job = todo[index]
         if codes is None:
@@ -176,12 +181,11 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
             else:
-                jsonl_out.write(json.dumps(jsonl_record(job, codes)) + "\n")
-                jsonl_out.flush()
+                sink.write(jsonl_record(job, codes))
         except (OSError, BsqAudioError) as err:
             tally.failed(job, failure_reason(target or job.source, err))
             continue
-        tally.done(job, codes, target)
+        tally.done(job, codes)
     return tally.finish()
 
 
@@ -194,7 +198,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
     tally = _Tally(on_event)
     for job in jobs:
         target = output_path(out_dir, job, fmt)
-        if tally.already_done(job, target, skip_existing):
+        if tally.already_done(job, target, skip_existing, set()):
             continue
         try:
             codes = load_bsq(job.source)
@@ -204,10 +208,31 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
         except Exception as err:  # one bad file must not end a batch of 100k
             tally.failed(job, failure_reason(job.source, err))
             continue
-        tally.done(job, codes, target)
+        tally.done(job, codes)
     return tally.finish()
 
 
 def write_errors(path: Path, errors: list[dict]) -> None:
     payload = "".join(json.dumps(e) + "\n" for e in errors)
     write_bytes_atomic(path, payload.encode())
+
+
+def gather_summaries(summary: Summary) -> list[Summary]:
+    """Every rank's summary (without its error records), on every rank of a torchrun job: CPU
+    collectives over gloo, started here if the command has no process group yet."""
+    import datetime
+
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))  # ranks finish apart
+    try:
+        counts = {name: getattr(summary, name) for name in
+                  ("done", "skipped", "failed", "seconds_of_audio", "tokens", "wall_s")}
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, counts)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return [Summary(**c) for c in gathered]

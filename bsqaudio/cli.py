@@ -7,7 +7,6 @@ SIGTERM unwind like an exception, so temporary files are removed, then exit 130 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.io.atomic import atomic_text
+from bsqaudio.io.inputs import Job
 
 app = typer.Typer(
     name="bsqaudio",
@@ -133,27 +132,68 @@ ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="K/N: take a de
 
 
 def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str | None, shard: str | None,
-               suffixes=None):
-    import os
+               out_dir: Path | None, fmt: str, suffixes=None) -> tuple[list, list[Path] | None]:
+    """This run's jobs and their output files (None for a jsonl stream), checked as a whole
+    before any work: every input once, no two inputs to one output (across all shards)."""
+    from bsqaudio.io import inputs
 
-    from bsqaudio import batch
-
-    items = list(sources) + (batch.read_path_list(from_) if from_ else [])
-    jobs = batch.gather(items, recursive, glob, **({"suffixes": suffixes} if suffixes else {}))
+    items = list(sources) + (inputs.read_path_list(from_) if from_ else [])
+    jobs = inputs.gather(items, recursive, glob, **({"suffixes": suffixes} if suffixes else {}))
     if not jobs:
         kind = "matching" if glob else ".bsq" if suffixes else "audio"
         fail(f"no {kind} files found in {', '.join(items) or from_}")
-    if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        shard = f"{os.environ.get('RANK', '0')}/{os.environ['WORLD_SIZE']}"
+    jobs, notices = inputs.drop_duplicates(jobs)
+    for notice in notices:
+        err_console.print(f"bsqaudio: {notice}", highlight=False, markup=False, soft_wrap=True)
+    targets = None
+    if out_dir is not None:
+        targets = [inputs.output_path(out_dir, job, fmt) for job in jobs]
+        inputs.check_collisions(jobs, targets)
+    position = shard_position(shard)
+    if position is not None:
+        jobs = inputs.take_shard(jobs, *position)
+        if targets is not None:
+            targets = [inputs.output_path(out_dir, job, fmt) for job in jobs]
+    return jobs, targets
+
+
+def shard_position(shard: str | None) -> tuple[int, int] | None:
+    """(K, N) from --shard, else from torchrun's RANK/WORLD_SIZE, else None."""
+    from bsqaudio.io.inputs import parse_shard
+
     if shard is not None:
-        jobs = batch.take_shard(jobs, *batch.parse_shard(shard))
-    return jobs
+        return parse_shard(shard)
+    if torchrun_world() > 1:
+        return int(os.environ.get("RANK", "0")), torchrun_world()
+    return None
+
+
+def torchrun_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank_file(path: Path) -> Path:
+    """Under torchrun each rank writes its own copy of a single-file output: ``all.jsonl`` ->
+    ``all.rank0.jsonl``, ``all.rank1.jsonl``, ... (one shared file would keep one rank's records)."""
+    if torchrun_world() <= 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{os.environ.get('RANK', '0')}{path.suffix}")
+
+
+def check_targets(targets: list[Path], force: bool, skip_existing: bool) -> None:
+    """Refuse, before any work, outputs that cannot be written, and existing ones unless --force
+    (overwrite) or --skip-existing (keep them, resume) says what to do with them."""
+    from bsqaudio.io.atomic import check_target
+
+    for target in targets:
+        special = check_target(target)
+        if special is None and not (force or skip_existing) and target.exists():
+            fail(f"{target}: already exists (use --force to overwrite, or --skip-existing to keep "
+                 "existing outputs and resume)")
 
 
 def rank_device(device: str) -> str:
     """Under torchrun each rank takes its own GPU (LOCAL_RANK) when the device is auto."""
-    import os
-
     import torch
 
     if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
@@ -161,18 +201,35 @@ def rank_device(device: str) -> str:
     return device
 
 
+def summary_line(summary) -> str:
+    speed = summary.seconds_of_audio / summary.wall_s if summary.wall_s else 0.0
+    return (f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed; "
+            f"{summary.seconds_of_audio / 3600:.3f} h of audio, {summary.tokens:,} tokens, "
+            f"{summary.wall_s:.1f} s wall, {speed:.1f} audio-s/s")
+
+
 def finish_batch(summary, errors: Path | None) -> None:
+    """Write the failures, print the summary; exit 1 if anything failed. Under torchrun each rank
+    prints its own line and rank 0 the total, and ranks exit 0: a bad input is a reported
+    failure (in the summary and --errors), not a crashed rank for torchrun to tear the job down."""
     from bsqaudio import batch
 
     if errors is not None:
         batch.write_errors(errors, summary.errors)
-    speed = summary.seconds_of_audio / summary.wall_s if summary.wall_s else 0.0
-    err_console.print(
-        f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed; "
-        f"{summary.seconds_of_audio / 3600:.3f} h of audio, {summary.tokens:,} tokens, "
-        f"{summary.wall_s:.1f} s wall, {speed:.1f} audio-s/s", highlight=False, soft_wrap=True)
-    if summary.failed:
-        raise typer.Exit(1)
+    world = torchrun_world()
+    if world <= 1:
+        err_console.print(summary_line(summary), highlight=False, soft_wrap=True)
+        if summary.failed:
+            raise typer.Exit(1)
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    err_console.print(f"rank {rank}/{world}: {summary_line(summary)}", highlight=False, soft_wrap=True)
+    every = batch.gather_summaries(summary)
+    if rank == 0:
+        total = batch.Summary(**{name: sum(getattr(s, name) for s in every)
+                                 for name in ("done", "skipped", "failed", "seconds_of_audio", "tokens")},
+                              wall_s=max(s.wall_s for s in every))
+        err_console.print(f"all {world} ranks: {summary_line(total)}", highlight=False, soft_wrap=True)
 
 
 def report_event(kind: str, job, detail: str) -> None:
@@ -212,7 +269,7 @@ def encode(
         codec = load_codec(model, revision, rank_device(device), batch_size)
         with progress_bar(not quiet, "encoding") as progress:
             codes = codec.encode_file(sources[0], progress=progress)
-        job = batch.Job(Path(sources[0]), Path(sources[0]))
+        job = Job(Path(sources[0]), Path(sources[0]))
         payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: batch.npy_bytes(codes),
                    "jsonl": lambda: (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode()}[fmt]()
         write_output(output, payload)
@@ -223,12 +280,16 @@ def encode(
         if len(sources) == 1 and from_ is None:
             fail(f"{sources[0]}: is a folder; give --out-dir to encode the audio files in it")
         fail(f"many inputs need --out-dir for --format {fmt}")
-    jsonl_file = fmt == "jsonl" and output not in (None, "-")
-    if jsonl_file:
-        check_output(output, force)
-    jobs = batch_jobs(sources, from_, recursive, glob, shard)
-    if out_dir is not None and fmt != "jsonl":
+    jsonl_path = rank_file(Path(output)) if fmt == "jsonl" and output not in (None, "-") else None
+    if jsonl_path is not None and not skip_existing:
+        check_output(str(jsonl_path), force)
+    errors = rank_file(errors) if errors is not None else None
+    if errors is not None:
+        check_output(str(errors), force=True)
+    jobs, targets = batch_jobs(sources, from_, recursive, glob, shard, out_dir if fmt != "jsonl" else None, fmt)
+    if targets is not None:
         prepare_out_dir(out_dir)
+        check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size)
     workers = default_workers() if workers is None else workers
     if workers:
@@ -238,9 +299,11 @@ def encode(
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy("file_system")
-    with atomic_text(Path(output)) if jsonl_file else contextlib.nullcontext(sys.stdout) as jsonl_out:
-        summary = batch.encode_many(codec, jobs, fmt, out_dir, jsonl_out if fmt == "jsonl" else None,
-                                    skip_existing, report_event, workers)
+    if fmt == "jsonl":
+        with batch.jsonl_output(jsonl_path, resume=skip_existing) as jsonl:
+            summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, report_event, workers)
+    else:
+        summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, report_event, workers)
     finish_batch(summary, errors)
 
 
@@ -259,7 +322,7 @@ def tokens(
         fail("--format must be jsonl or npy")
     check_output(output, force)
     codes = load_bsq(source)
-    job = batch.Job(Path(source), Path(source))
+    job = Job(Path(source), Path(source))
     payload = (batch.npy_bytes(codes) if fmt == "npy"
                else (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode())
     write_output(output, payload)
@@ -306,8 +369,12 @@ def decode(
         fail("--audio-format must be wav, flac or ogg")
     if rate not in ("model", "source"):
         output_rate(None, rate)  # validates a number
-    jobs = batch_jobs(sources, from_, recursive, None, shard, suffixes=(".bsq",))
+    errors = rank_file(errors) if errors is not None else None
+    if errors is not None:
+        check_output(str(errors), force=True)
+    jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
     prepare_out_dir(out_dir)
+    check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size)
     summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, report_event)
     finish_batch(summary, errors)
@@ -507,7 +574,7 @@ def eval_(
 ) -> None:
     """Round-trip reference files; report mel error, STFT distance, SI-SDR, STOI, PESQ, bitrate."""
     from bsqaudio.evaluate import evaluate
-    from bsqaudio.train.data import list_inputs
+    from bsqaudio.io.inputs import list_inputs
 
     paths = list_inputs(inputs)
     if not paths:

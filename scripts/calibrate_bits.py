@@ -23,8 +23,8 @@ import torch
 from bsqaudio.audio import MelFrontend, load_mono
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import from_pretrained, save_pretrained
+from bsqaudio.io.inputs import list_inputs
 from bsqaudio.train.calibration import audio_latents, balanced_thresholds, share_above, shift_thresholds
-from bsqaudio.train.data import list_inputs
 
 
 def main() -> int:

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from bsqaudio import batch, load_bsq
+from bsqaudio import load_bsq
+from bsqaudio.io import inputs
 
 RATE = 16000
 
@@ -95,15 +96,15 @@ def test_jsonl_from_stdin(corpus, tiny_model_dir):
 
 
 def test_shards_cover_the_inputs_exactly_once(corpus):
-    jobs = batch.gather([str(corpus)])
-    shards = [batch.take_shard(list(reversed(jobs)), k, 3) for k in range(3)]
+    jobs = inputs.gather([str(corpus)])
+    shards = [inputs.take_shard(list(reversed(jobs)), k, 3) for k in range(3)]
     sources = [job.source for shard in shards for job in shard]
     assert sorted(sources) == sorted(job.source for job in jobs)
     assert len(set(sources)) == len(sources)
     with pytest.raises(Exception, match="K/N"):
-        batch.parse_shard("3")
+        inputs.parse_shard("3")
     with pytest.raises(Exception, match="between 0 and N-1"):
-        batch.parse_shard("3/3")
+        inputs.parse_shard("3/3")
 
 
 def test_killed_run_resumes_with_skip_existing(corpus, tmp_path, tiny_model_dir):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
-from bsqaudio.errors import BsqAudioError
-from bsqaudio.io.atomic import _claim, atomic_text, name_limit, temporary_path, write_bytes_atomic
 from cli_inprocess import run_in_process
 from conftest import write_wav
+
+from bsqaudio.io.atomic import _claim, name_limit, temporary_path, write_bytes_atomic
 
 
 def null_device(folder: Path) -> Path:
@@ -98,11 +97,3 @@ def test_long_output_names_work_and_impossible_ones_are_refused(tmp_path, clip, 
     result = run_in_process("encode", clip, "-o", too_long, "--model", tiny_model_dir)
     assert result.exit == 1 and "file name too long" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_atomic_text_leaves_nothing_when_the_block_fails(tmp_path):
-    target = tmp_path / "out.jsonl"
-    with pytest.raises(BsqAudioError), atomic_text(target) as handle:
-        handle.write("half a line")
-        raise BsqAudioError("the work failed")
-    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import glob
 import os
@@ -25,7 +24,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 from bsqaudio.errors import BsqAudioError
 
@@ -117,19 +115,39 @@ def _claim(path: Path) -> tuple[Path, int]:
         os.close(fd)
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries of ``path`` whose writer is gone (no lock held on them): what a run
-    killed with SIGKILL, which no handler sees, leaves behind. A live writer's are kept."""
+def _unheld(candidate: Path) -> int | None:
+    """A descriptor of ``candidate`` holding its lock, or None where a live writer holds it."""
+    try:
+        fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temporaries of ``path`` whose writer is gone (nobody holds their lock): what a run killed
+    with SIGKILL, which no handler sees, leaves behind; oldest first."""
     pattern = glob.escape(_temporary_prefix(path)) + "[0-9a-f]" * TOKEN_HEX + glob.escape(PART)
+    stale = []
     for candidate in _folder(path).glob(pattern):
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)  # held: its writer is alive
+        fd = _unheld(candidate)
+        if fd is not None:
+            os.close(fd)
+            stale.append(candidate)
+    return sorted(stale, key=lambda p: p.stat().st_mtime_ns if p.exists() else 0)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the stale temporaries of ``path``; a live writer's are kept (checked under the lock,
+    so a writer that claims the name meanwhile is never hit)."""
+    for candidate in stale_temporaries(path):
+        fd = _unheld(candidate)
+        if fd is None:
             continue
         try:
             candidate.unlink(missing_ok=True)
@@ -169,26 +187,3 @@ def write_bytes_atomic(path: Path, payload: bytes) -> None:
             handle.write(payload)
     except OSError as err:
         raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
-
-
-@contextmanager
-def atomic_text(path: Path) -> Iterator[TextIO]:
-    """A text file written through ``atomic_path``: complete when the block ends without an
-    exception, absent otherwise (an error, SIGINT, SIGTERM)."""
-    handle = None
-    ours = True  # whether an OSError comes from writing the file itself (not from the block)
-    try:
-        with atomic_path(path) as tmp:
-            handle = open(tmp, "w")  # noqa: SIM115 - closed below, before the rename
-            ours = False
-            yield handle
-            ours = True
-            handle.close()
-    except OSError as err:
-        if not ours:
-            raise
-        raise BsqAudioError(f"{path}: cannot write ({err.strerror})") from None
-    finally:
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                handle.close()

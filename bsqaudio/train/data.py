@@ -18,29 +18,9 @@ import torch
 
 from bsqaudio.audio import load_mono
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.inputs import list_inputs
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf",
-                  ".w64", ".rf64"}
 CACHE_VERSION = 1
-
-
-def list_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Folders (recursive), audio files and text files listing paths -> sorted audio paths."""
-    found: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found.update(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
-                         and p.is_file())
-        elif path.suffix.lower() in (".txt", ".lst", ".list"):
-            for line in path.read_text().splitlines():
-                if line.strip() and not line.startswith("#"):
-                    found.add(Path(line.strip()))
-        elif path.exists():
-            found.add(path)
-        else:
-            raise BsqAudioError(f"{path}: no such file or folder")
-    return sorted(found)
 
 
 def input_of_each_file(inputs: list[str | Path], names: list[str]) -> torch.Tensor:

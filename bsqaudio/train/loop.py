@@ -25,9 +25,10 @@ import torch.distributed as dist
 from bsqaudio.audio import MelFrontend
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import from_pretrained, save_pretrained
+from bsqaudio.io.inputs import list_inputs
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
-from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, list_inputs
+from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation
 from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, judged
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
