@@ -500,6 +500,9 @@ def train(
     export_dtype: Annotated[str, typer.Option(help="float32 or float16 for the exported weights.")] = "float32",
     resume: Annotated[bool, typer.Option(
         help="Continue from RUN/checkpoint with its settings; options given again override them.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", "-f", help="Start over in a run folder that holds a run (its checkpoint, export and "
+        "metrics are removed).")] = False,
     init_from: Annotated[Optional[str], typer.Option(
         help="Start from these weights (a model folder or file, e.g. a previous export).")] = None,
     freeze_encoder: Annotated[bool, typer.Option(
@@ -545,7 +548,7 @@ def train(
         fail("--loss must be mse or l1")
     if resume:
         settings = _resumed(ctx, settings)
-    run_training(settings, resume=resume)
+    run_training(settings, resume=resume, force=force)
 
 
 def _resumed(ctx: typer.Context, settings):

@@ -641,3 +641,29 @@ def test_codebook_group_is_checked_and_used(tmp_path, corpus):
     run = tmp_path / "grouped"
     train(settings(run, corpus, steps=1, log_every=1, codebook_group=2))
     assert math.isfinite(records(run, "train")[0]["quant"])
+
+
+# -- run folders and small folders ----------------------------------------------------------------
+
+def test_a_new_run_into_a_run_folder_needs_resume_or_force(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(settings(run, corpus, steps=2, log_every=1))
+    before = (run / "checkpoint" / "meta.json").read_bytes()
+    with pytest.raises(BsqAudioError, match="already holds a training run .*--resume.*--force"):
+        train(settings(run, corpus, steps=2, log_every=1))
+    assert (run / "checkpoint" / "meta.json").read_bytes() == before
+    train(settings(run, corpus, steps=3, log_every=1), force=True)
+    assert [r["step"] for r in records(run, "train")] == [1, 2, 3]  # one series, not two
+
+
+def test_a_small_folder_still_gets_a_validation_file(tmp_path, capsys):
+    folder = tmp_path / "six"
+    folder.mkdir()
+    for i in range(6):
+        sf.write(folder / f"clip{i}.wav", make_clip("tone", 2.0, i), RATE)
+    run = tmp_path / "run"
+    train(TrainSettings(inputs=[str(folder)], out=str(run), preset="tiny", steps=1, batch_size=2, warmup=1,
+                        val_every=10 ** 6, checkpoint_every=10 ** 6, log_every=10 ** 6, device="cpu"))
+    printed = capsys.readouterr().out
+    assert "validating on" in printed and "no file fell in --val-fraction" in printed
+    assert len(json.loads((run / "cache" / "val" / "index.json").read_text())["names"]) == 1

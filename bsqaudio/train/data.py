@@ -36,10 +36,14 @@ def input_of_each_file(inputs: list[str | Path], names: list[str]) -> torch.Tens
     return torch.tensor([owner[n] for n in names], dtype=torch.int64)
 
 
+def validation_rank(path: Path) -> float:
+    """A file's place in the validation split, in [0, 1]: the same file always gets the same one."""
+    return int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def is_validation(path: Path, fraction: float) -> bool:
-    """A deterministic split by file: the same file always lands on the same side."""
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    return int(digest, 16) / 0xFFFFFFFF < fraction
+    """A deterministic split by file: the files ranked below ``fraction``."""
+    return validation_rank(path) < fraction
 
 
 @dataclass

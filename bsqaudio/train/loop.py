@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from bsqaudio.hub import from_pretrained, save_pretrained
 from bsqaudio.io.inputs import list_inputs
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
-from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation
+from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, validation_rank
 from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, judged
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
@@ -178,6 +179,10 @@ def prepare_data(run: Run, config: ModelConfig) -> tuple[AudioCache, AudioCache]
     if not s.val_dirs:
         val_files = [f for f in files if is_validation(f, s.val_fraction)]
         files = [f for f in files if not is_validation(f, s.val_fraction)]
+        if not val_files and len(files) >= 2:  # a small folder: its hash split gave validation nothing
+            val_files = [min(files, key=validation_rank)]
+            files.remove(val_files[0])
+            run.log(f"validating on {val_files[0]} (no file fell in --val-fraction {s.val_fraction})")
     if not files or not val_files:
         raise BsqAudioError("need at least one training and one validation file "
                             "(add files, raise --val-fraction or give --val-dir)")
@@ -223,8 +228,28 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def train(settings: TrainSettings, resume: bool = False) -> dict:
+RUN_OUTPUTS = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "export", "metrics.jsonl")
+
+
+def claim_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """A new run into a folder that holds another would overwrite its checkpoint and export and
+    mix two runs in one metrics.jsonl: refuse unless ``resume`` (continue it) or ``force`` (start
+    over: its checkpoint, export and metrics are removed; the audio cache is kept)."""
+    present = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if resume or not present:
+        return
+    if not force:
+        raise BsqAudioError(f"{out}: already holds a training run ({', '.join(present)}); use --resume to "
+                            "continue it, or --force to start over")
+    for name in present:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def train(settings: TrainSettings, resume: bool = False, force: bool = False) -> dict:
     """Run (or continue) training; returns the last validation metrics."""
+    if "RANK" not in os.environ or os.environ["RANK"] == "0":
+        claim_run_folder(Path(settings.out), resume, force)
     run = Run(settings)
     s = settings
     try:
