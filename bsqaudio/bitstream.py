@@ -15,12 +15,19 @@ only the patch rows that cover real audio, so the payload is ``rows * grid_freq 
 (a row of 8 patches is L whole bytes) and the bitrate is 50 * L bit/s whatever the duration.
 Each window's codes end on a byte boundary (zero bits fill the last byte), which only matters
 for geometries where a window's ``rows * grid_freq * L`` is not a multiple of 8.
+
+A file is untrusted input, so the header's geometry is held to the limits a model config has
+(``bsqaudio.model.config.INT_LIMITS``, at most ``MAX_PATCHES`` codes a window), a file holds at
+most ``MAX_CODES`` codes, and every size derives from the rows actually present: what a header
+claims never sizes an allocation or a read by itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 import sys
 import zlib
@@ -32,11 +39,24 @@ import numpy as np
 import torch
 
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.model.config import INT_LIMITS, MAX_PATCHES
 
 MAGIC = b"BSQA"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_INT = 2**63 - 1  # integer fields fit in an int64
+# Codes in one file: 256 MiB once decoded to int64, about 186 hours at the real models' 50 tokens
+# a second. The largest file this allows is about 365 MB (L = 63, 2 bytes of gain per window of one
+# code); MAX_BSQ_BYTES caps any read, of a path or a stream, whatever its header says.
+MAX_CODES = 1 << 25
+# Window gains (a window's peak mel power, dB) that make sense to synthesize: real encodes give
+# -20 dB (the silence floor, bsqaudio.audio.GAIN_FLOOR_DB) to about +45 dB (full-scale DC or a
+# full-scale 7 kHz sine; white noise 34, a full-scale square 43); float audio past full scale goes
+# higher (8x: +63 dB). +100 dB is ~560x over full scale, and still far from where mel power
+# overflows float32 (+385 dB). The format itself stores any finite float16 (the frozen
+# tests/data/format-*.bsq files hold +-65504), so this is checked before synthesis, by check_gains.
+MAX_GAIN_DB = 100.0
+MAX_BSQ_BYTES = 512 << 20
 _PREAMBLE = struct.Struct("<4sBI")
 
 # Header field -> type. Every field is required; unknown fields are rejected.
@@ -58,6 +78,8 @@ HEADER_FIELDS: dict[str, type] = {
     "source_sample_rate": int,
     "source_channels": int,
 }
+# The header fields a model config also has are held to its limits (code_bits has its own check).
+_GEOMETRY_LIMITS = {k: v for k, v in INT_LIMITS.items() if k in HEADER_FIELDS and k != "code_bits"}
 
 
 @dataclass
@@ -99,12 +121,32 @@ class Codes:
         seconds_per_row = h["patch_time"] * h["hop_length"] / h["sample_rate"]
         return h["n_mels"] // h["patch_freq"] * h["code_bits"] / seconds_per_row
 
+    def check_gains(self) -> None:
+        """Refuse gains outside +-MAX_GAIN_DB: to be called before gains become audio, where a
+        crafted +400 dB overflows to inf (a traceback) and +200 dB decodes to a clipped square."""
+        gains = self.gains_db.detach().float().cpu()
+        bad = ~(gains.abs() <= MAX_GAIN_DB)  # NaN too
+        if bad.any():
+            value = gains[bad][0].item()
+            raise BsqAudioError(f"a window gain of {value:g} dB is outside the +-{MAX_GAIN_DB:g} dB "
+                                "that audio can have; the file is damaged or crafted")
+
     def window_indices(self, pad_value: int = -1) -> torch.Tensor:
         """(W, rows_per_window * F) int64, time-major per window; rows past the audio are
-        ``pad_value``."""
+        ``pad_value`` (an output format only: ``indices`` itself never holds padding).
+
+        Sized from the rows present, padded by less than one window of at most MAX_PATCHES
+        codes: never by what the header says a window holds times the number of windows."""
         rows, freq = self.indices.shape
-        windows = self.gains_db.shape[0]
-        full = torch.full((windows * self.rows_per_window, freq), pad_value, dtype=torch.int64)
+        per_window = self.rows_per_window
+        if not 0 < per_window * freq <= MAX_PATCHES:
+            raise BsqAudioError(f"a window of {per_window} x {freq} patches is more than the "
+                                f"{MAX_PATCHES} a window may hold")
+        windows = -(-rows // per_window)
+        if windows != self.gains_db.shape[0]:
+            raise BsqAudioError(f"{rows} patch rows make {windows} windows, but there are "
+                                f"{self.gains_db.shape[0]} gains")
+        full = torch.full((windows * per_window, freq), pad_value, dtype=torch.int64)
         full[:rows] = self.indices
         return full.view(windows, -1)
 
@@ -181,18 +223,31 @@ def validate_header(header: object) -> dict:
     h = header
     if not 1 <= h["code_bits"] <= 63:
         raise BsqAudioError("corrupt .bsq file: code_bits must be between 1 and 63")
+    for key, (low, high) in _GEOMETRY_LIMITS.items():
+        if not low <= h[key] <= high:
+            raise BsqAudioError(f"corrupt .bsq file: header field {key!r} is {h[key]}, outside "
+                                f"the {low}-{high} a model may have")
     if h["window_frames"] % h["patch_time"] or h["n_mels"] % h["patch_freq"]:
         raise BsqAudioError("corrupt .bsq file: patch size does not divide the window")
+    freq = h["n_mels"] // h["patch_freq"]
+    per_window = h["window_frames"] // h["patch_time"]
+    if per_window * freq > MAX_PATCHES:
+        raise BsqAudioError(f"corrupt .bsq file: a window of {per_window} x {freq} patches is "
+                            f"more than the {MAX_PATCHES} a window may hold")
     if h["num_samples"] <= 0:
         raise BsqAudioError("corrupt .bsq file: num_samples must be positive")
-    frames = math.ceil(h["num_samples"] / h["hop_length"])
-    rows = math.ceil(frames / h["patch_time"])
-    windows = math.ceil(rows / (h["window_frames"] // h["patch_time"]))
+    # Integer arithmetic: num_samples may be up to 2**63, past a float's exact range.
+    frames = -(-h["num_samples"] // h["hop_length"])
+    rows = -(-frames // h["patch_time"])
+    windows = -(-rows // per_window)
     if h["num_rows"] != rows or h["num_windows"] != windows:
         raise BsqAudioError(
             "corrupt .bsq file: num_rows/num_windows do not match num_samples "
             f"({h['num_rows']}/{h['num_windows']}, expected {rows}/{windows})"
         )
+    if rows * freq > MAX_CODES:
+        raise BsqAudioError(f"corrupt .bsq file: {rows * freq} codes, more than the {MAX_CODES} "
+                            "a .bsq file may hold")
     if len(_encode_header(h)) > MAX_HEADER_BYTES:  # the writer could not write it back
         raise BsqAudioError(f"corrupt .bsq file: header longer than {MAX_HEADER_BYTES} bytes")
     return h
@@ -203,9 +258,19 @@ def write_bsq(codes: Codes) -> bytes:
     header = validate_header(dict(codes.header))
     freq = header["n_mels"] // header["patch_freq"]
     rows_per_window = header["window_frames"] // header["patch_time"]
+    if codes.indices.is_floating_point() or codes.indices.is_complex() or \
+            codes.indices.dtype == torch.bool:
+        raise BsqAudioError(f"cannot write a .bsq file: token indices are {codes.indices.dtype}, "
+                            "not integers")
     indices = codes.indices.cpu().numpy().astype(np.int64)
     if indices.shape != (header["num_rows"], freq):
         raise ValueError(f"indices shape {indices.shape} does not match the header")
+    bits = header["code_bits"]
+    outside = indices >> bits != 0  # negative values too: the shift keeps their sign
+    if outside.any():
+        # pack_codes keeps the low L bits: 2**40 + 5 would be written as 5, -1 as all ones.
+        raise BsqAudioError(f"cannot write a .bsq file: token index {indices[outside][0]} is "
+                            f"outside [0, 2**{bits})")
     gains = codes.gains_db.cpu().numpy().astype("<f2")
     if gains.shape != (header["num_windows"],):
         raise ValueError(f"gains shape {gains.shape} does not match the header")
@@ -216,15 +281,13 @@ def write_bsq(codes: Codes) -> bytes:
     for w in range(header["num_windows"]):
         rows = indices[w * rows_per_window: (w + 1) * rows_per_window]
         parts.append(gains[w].tobytes())
-        parts.append(pack_codes(rows.reshape(-1), header["code_bits"]))
+        parts.append(pack_codes(rows.reshape(-1), bits))
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def read_bsq(data: bytes) -> Codes:
-    """The bytes of a .bsq file -> Codes; raises BsqAudioError on anything malformed."""
-    if len(data) < _PREAMBLE.size + 4:
-        raise BsqAudioError("not a .bsq file: too short")
+def _check_preamble(data: bytes) -> int:
+    """Magic and version of a file's first bytes (at least the preamble) -> the header length."""
     magic, version, header_len = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise BsqAudioError("not a .bsq file: bad magic bytes")
@@ -235,19 +298,30 @@ def read_bsq(data: bytes) -> Codes:
         )
     if version < 1:
         raise BsqAudioError(f"corrupt .bsq file: unknown format version {version}")
-    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
-    if zlib.crc32(data[:-4]) != crc:
-        raise BsqAudioError("corrupt .bsq file: checksum mismatch (truncated or damaged)")
-    if header_len > MAX_HEADER_BYTES or _PREAMBLE.size + header_len > len(data) - 4:
-        raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
-    raw = data[_PREAMBLE.size: _PREAMBLE.size + header_len]
+    return header_len
+
+
+def _parse_header(raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         # ValueError: JSONDecodeError, or an integer of more than 4300 digits;
         # RecursionError: arrays or objects nested too deep.
         raise BsqAudioError("corrupt .bsq file: header is not valid JSON") from None
-    header = validate_header(header)
+    return validate_header(header)
+
+
+def read_bsq(data: bytes) -> Codes:
+    """The bytes of a .bsq file -> Codes; raises BsqAudioError on anything malformed."""
+    if len(data) < _PREAMBLE.size + 4:
+        raise BsqAudioError("not a .bsq file: too short")
+    header_len = _check_preamble(data)
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise BsqAudioError("corrupt .bsq file: checksum mismatch (truncated or damaged)")
+    if header_len > MAX_HEADER_BYTES or _PREAMBLE.size + header_len > len(data) - 4:
+        raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
+    header = _parse_header(data[_PREAMBLE.size: _PREAMBLE.size + header_len])
     expected = file_size(header) - len(_encode_header(header)) + header_len
     if len(data) != expected:
         raise BsqAudioError(
@@ -272,23 +346,80 @@ def read_bsq(data: bytes) -> Codes:
     return Codes(indices=indices, gains_db=torch.from_numpy(gains), header=header)
 
 
+def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes, fewer only at the end of the stream (a pipe returns them in pieces)."""
+    parts, size = [], 0
+    while size < limit:
+        part = stream.read(min(limit - size, 1 << 20))
+        if not part:  # b"" at the end; None from a non-blocking stream with nothing yet
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def _read_stream(stream: BinaryIO) -> bytes:
+    """A .bsq file from a stream, reading no more than its header allows: the preamble, the header
+    (at most MAX_HEADER_BYTES), then exactly the size the header implies (at most MAX_BSQ_BYTES)
+    and one byte to tell whether more follows. /dev/zero or an endless pipe is refused after its
+    first bytes; the checks of the header happen here, those of the body in read_bsq."""
+    data = _read_at_most(stream, _PREAMBLE.size)
+    if len(data) < _PREAMBLE.size:
+        return data  # read_bsq says it is too short
+    header_len = _check_preamble(data)
+    if header_len > MAX_HEADER_BYTES:
+        raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
+    data += _read_at_most(stream, header_len)
+    if len(data) < _PREAMBLE.size + header_len:
+        raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
+    header = _parse_header(data[_PREAMBLE.size:])
+    expected = file_size(header) - len(_encode_header(header)) + header_len
+    if expected > MAX_BSQ_BYTES:
+        raise BsqAudioError(f"corrupt .bsq file: the header implies {expected} bytes, more than a "
+                            f".bsq file may have ({MAX_BSQ_BYTES})")
+    data += _read_at_most(stream, expected - len(data) + 1)
+    if len(data) > expected:
+        raise BsqAudioError(f"corrupt .bsq file: more bytes than the {expected} the header implies")
+    return data
+
+
+def _read_path(path: Path) -> bytes:
+    """A regular file's bytes (symlinks followed), at most MAX_BSQ_BYTES. A FIFO would block the
+    open itself (hence O_NONBLOCK, which regular files ignore) and a device like /dev/zero would
+    be read forever: both are refused by what fstat says of the opened file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise BsqAudioError("not a regular file (a FIFO, device or socket); read it from stdin "
+                                "with '-' instead")
+        if info.st_size > MAX_BSQ_BYTES:
+            raise BsqAudioError(f"{info.st_size} bytes, more than a .bsq file may have "
+                                f"({MAX_BSQ_BYTES})")
+        return _read_at_most(handle, MAX_BSQ_BYTES + 1)
+
+
 def load_bsq(source: str | Path | BinaryIO) -> Codes:
-    """Read a .bsq file from a path, ``-`` (stdin) or a binary file object."""
+    """Read a .bsq file from a path, ``-`` (stdin) or a binary file object. A path must be a
+    regular file; stdin and file objects are read only as far as the header allows."""
     name = str(source) if isinstance(source, (str, Path)) else "<stream>"
     try:
         if name == "-":
-            data = sys.stdin.buffer.read()
+            data = _read_stream(sys.stdin.buffer)
         elif isinstance(source, (str, Path)):
-            data = Path(source).read_bytes()
+            data = _read_path(Path(source))
         else:
-            data = source.read()
+            data = _read_stream(source)
+        return read_bsq(data)
     except FileNotFoundError:
         raise BsqAudioError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise BsqAudioError(f"{name}: is a directory, not a .bsq file") from None
     except PermissionError:
         raise BsqAudioError(f"{name}: permission denied") from None
-    try:
-        return read_bsq(data)
+    except OSError as err:
+        raise BsqAudioError(f"{name}: cannot read ({err.strerror or err})") from None
     except BsqAudioError as err:
         raise BsqAudioError(f"{name}: {err}") from None

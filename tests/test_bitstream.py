@@ -310,14 +310,16 @@ def test_size_mismatch_missing_bytes():
     expect_error(body + struct.pack("<I", zlib.crc32(body)), "size is .* the header implies")
 
 
-def test_huge_claimed_length_is_rejected_without_allocating():
-    """A header claiming hours of audio in a tiny file fails on the size check, quickly."""
-    samples = 10 ** 12
+@pytest.mark.parametrize("samples,message", [(10 ** 8, "size is"),
+                                             (10 ** 12, "more than the 33554432 a .bsq file")])
+def test_huge_claimed_length_is_rejected_without_allocating(samples, message):
+    """A header claiming hours of audio in a tiny file fails on the size check, quickly; one
+    claiming more codes than any file may hold (MAX_CODES, ~186 hours) fails before that."""
     frames = math.ceil(samples / 160)
     rows = math.ceil(frames / 16)
     header = {**make_header(16000), "num_samples": samples, "num_rows": rows,
               "num_windows": math.ceil(rows / 64)}
-    expect_error(build(header, payload=bytes(100)), "size is")
+    expect_error(build(header, payload=bytes(100)), message)
 
 
 @pytest.mark.parametrize("gain", [float("inf"), float("-inf"), float("nan")])
@@ -349,3 +351,290 @@ def test_window_indices_pads_past_the_end():
     assert torch.equal(windows[0], codes.indices[:64].reshape(-1))
     assert torch.equal(windows[1, :8], codes.indices[64])
     assert (windows[1, 8:] == -1).all()
+
+
+# -- hostile geometry: sizes come from the rows present, within a model's limits ---------------------
+
+def consistent(num_samples: int, **fields) -> dict:
+    """A header with ``fields`` changed and num_rows/num_windows recomputed to match."""
+    h = {**make_header(16000), **fields, "num_samples": num_samples}
+    frames = -(-num_samples // h["hop_length"])
+    rows = -(-frames // h["patch_time"])
+    return {**h, "num_rows": rows, "num_windows": -(-rows // (h["window_frames"] // h["patch_time"]))}
+
+
+def payload_of(header: dict) -> bytes:
+    freq = header["n_mels"] // header["patch_freq"]
+    per_window = header["window_frames"] // header["patch_time"]
+    out = b""
+    for w in range(header["num_windows"]):
+        rows = min(per_window, header["num_rows"] - w * per_window)
+        out += struct.pack("<e", 10.0) + bytes(-(-rows * freq * header["code_bits"] // 8))
+    return out
+
+
+def test_window_far_larger_than_the_rows_present_is_refused():
+    """Was: a 2.7 KB file with window_frames 2**30 passed (only the 64 rows present are stored),
+    then window_indices() (tokens --format npy, decode) allocated 2**26 rows x 8 int64: 4 GiB."""
+    header = consistent(163840, window_frames=16 * 2**26)
+    data = build(header, payload_of(header))
+    assert len(data) < 4000
+    expect_error(data, "'window_frames' is 1073741824, outside the 1-16384")
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"n_mels": 2**20, "patch_freq": 2**20}, "'n_mels' is 1048576, outside"),
+    ({"hop_length": 2**40}, "'hop_length' is 1099511627776, outside"),
+    ({"n_fft": 2**20}, "'n_fft' is 1048576"),
+    ({"win_length": 2**20}, "'win_length'"),
+    ({"sample_rate": 10**9}, "'sample_rate' is 1000000000, outside the 1000-384000"),
+    ({"patch_time": 2**15, "window_frames": 2**15}, "'window_frames' is 32768"),
+    ({"n_mels": 1024, "patch_freq": 1, "window_frames": 16384, "patch_time": 1},
+     "a window of 16384 x 1024 patches is more than the 4096"),
+    ({"n_mels": 128, "patch_freq": 1, "window_frames": 1024, "patch_time": 16},
+     "a window of 64 x 128 patches"),
+])
+def test_geometry_outside_a_models_limits_is_refused(fields, message):
+    header = consistent(1600, **fields)
+    expect_error(build(header, payload_of(header)), message)
+
+
+def test_geometry_at_the_limits_reads_and_pads_by_less_than_a_window():
+    """4096 patches a window (the limit), one row present: window_indices is one window."""
+    header = consistent(160, n_mels=1024, patch_freq=2, window_frames=8, patch_time=1)
+    codes = read_bsq(build(header, payload_of(header)))
+    assert codes.indices.shape == (1, 512)
+    windows = codes.window_indices()
+    assert windows.shape == (1, 4096) and (windows[0, 512:] == -1).all()
+
+
+def test_window_indices_of_hand_built_codes_is_bounded():
+    """Codes built in Python, not read, get the same bound (and must agree with their gains)."""
+    codes = make_codes(16000)
+    codes.header = {**codes.header, "window_frames": 16 * 2**26}
+    with pytest.raises(BsqAudioError, match="more than the 4096"):
+        codes.window_indices()
+    codes = make_codes(16000)
+    codes.gains_db = torch.zeros(3)
+    with pytest.raises(BsqAudioError, match="make 1 windows, but there are 3 gains"):
+        codes.window_indices()
+
+
+def test_tokens_npy_of_the_hostile_file_is_one_line(tmp_path):
+    """The issue's command: `bsqaudio tokens FILE --format npy` on the 4 GiB-claiming file."""
+    from test_bad_audio import run_in_process
+
+    header = consistent(163840, window_frames=16 * 2**26)
+    path = tmp_path / "hostile.bsq"
+    path.write_bytes(build(header, payload_of(header)))
+    result = run_in_process("tokens", path, "--format", "npy", "-o", tmp_path / "t.npy")
+    assert result.exit == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr.count("\n") == 1 and "window_frames" in result.stderr, result
+    assert not (tmp_path / "t.npy").exists()
+
+
+# -- bounded reads: paths must be regular files, streams are read as far as the header allows -------
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging: a FIFO with no writer blocks open() and read() forever."""
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("still blocked after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def zero_device(path):
+    """A char device that reads like /dev/zero (1, 5), made in a tmp folder."""
+    import os
+    import stat
+
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    except (PermissionError, OSError) as err:
+        pytest.skip(f"cannot make a device file here ({err})")
+    return path
+
+
+def test_fifo_path_is_refused_without_blocking(tmp_path, no_hang):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.bsq")
+    with pytest.raises(BsqAudioError, match=r"pipe\.bsq: not a regular file"):
+        load_bsq(tmp_path / "pipe.bsq")
+
+
+def test_device_path_and_symlink_to_it_are_refused(tmp_path, no_hang):
+    """Was: read_bytes() on a /dev/zero-like device read until memory ran out."""
+    zero_device(tmp_path / "zero")
+    (tmp_path / "link.bsq").symlink_to(tmp_path / "zero")
+    for path in (tmp_path / "zero", tmp_path / "link.bsq", str(tmp_path / "link.bsq")):
+        with pytest.raises(BsqAudioError, match="not a regular file"):
+            load_bsq(path)
+
+
+def test_file_larger_than_any_bsq_file_is_refused_unread(tmp_path):
+    from bsqaudio.bitstream import MAX_BSQ_BYTES
+
+    path = tmp_path / "big.bsq"
+    with open(path, "wb") as handle:  # sparse: costs no disk
+        handle.write(write_bsq(make_codes(16000)))
+        handle.truncate(MAX_BSQ_BYTES + 1)
+    with pytest.raises(BsqAudioError, match="more than a .bsq file may have"):
+        load_bsq(path)
+
+
+class CountingStream:
+    """A binary stream of ``prefix`` then endless ``fill`` bytes; counts what was read."""
+
+    def __init__(self, prefix: bytes, fill: bytes = b"\0"):
+        self.prefix, self.fill, self.read_bytes = prefix, fill, 0
+
+    def read(self, size: int = -1) -> bytes:
+        assert size is not None and size >= 0, "an unbounded read"
+        out = self.prefix[:size]
+        self.prefix = self.prefix[size:]
+        out += self.fill * (size - len(out))
+        self.read_bytes += len(out)
+        return out
+
+
+def test_stdin_from_a_zero_device_stops_at_the_preamble(tmp_path, monkeypatch, no_hang):
+    """Was: sys.stdin.buffer.read() of `< /dev/zero` never returned."""
+    import io
+    import sys
+
+    with open(zero_device(tmp_path / "zero"), "rb") as raw:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
+        with pytest.raises(BsqAudioError, match="-: not a .bsq file: bad magic"):
+            load_bsq("-")
+
+
+def test_endless_stream_after_a_valid_file_reads_one_byte_past_it():
+    data = write_bsq(make_codes(40000))
+    stream = CountingStream(data, fill=b"\xff")
+    with pytest.raises(BsqAudioError, match=f"more bytes than the {len(data)} the header implies"):
+        load_bsq(stream)
+    assert stream.read_bytes == len(data) + 1
+
+
+@pytest.mark.parametrize("header_len", [MAX_HEADER_BYTES + 1, 2**32 - 1])
+def test_stream_with_a_huge_header_length_reads_only_the_preamble(header_len):
+    stream = CountingStream(b"BSQA\x01" + struct.pack("<I", header_len))
+    with pytest.raises(BsqAudioError, match="header length"):
+        load_bsq(stream)
+    assert stream.read_bytes == 9
+
+
+def test_stream_whose_header_claims_a_long_file_reads_only_what_is_there():
+    header = consistent(10 ** 8)  # 312,500 codes of 18 bits: 700 KB that are not there
+    stream = CountingStream(build(header, payload=bytes(100)), fill=b"")
+    with pytest.raises(BsqAudioError, match="size is"):
+        load_bsq(stream)
+
+
+def test_valid_file_through_a_pipe_and_stdin(monkeypatch):
+    """Pipes return data in pieces; a file object, a pipe and stdin all read the same Codes."""
+    import io
+    import os
+    import sys
+    import threading
+
+    codes = make_codes(WINDOW_SAMPLES + 5000, 36)
+    data = write_bsq(codes)
+    read_fd, write_fd = os.pipe()
+
+    def writer():
+        with os.fdopen(write_fd, "wb", buffering=0) as out:
+            for i in range(0, len(data), 1000):
+                out.write(data[i:i + 1000])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        assert_codes_equal(load_bsq(pipe), codes)
+    thread.join()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert_codes_equal(load_bsq("-"), codes)
+
+
+@pytest.mark.parametrize("data,message", [(b"", "too short"), (b"BSQA\x01", "too short"),
+                                          (b"BSQA\x01\x05\x00\x00\x00{}", "header length"),
+                                          (b"BSQA\x01\x02\x00\x00\x00{]", "not valid JSON")])
+def test_short_and_broken_streams(data, message):
+    import io
+
+    with pytest.raises(BsqAudioError, match=message):
+        load_bsq(io.BytesIO(data))
+
+
+# -- the writer refuses what it cannot store ---------------------------------------------------------
+
+@pytest.mark.parametrize("value,code_bits", [(2**40 + 5, 36), (2**18, 18), (-1, 18), (-(2**62), 63),
+                                             (2, 1)])
+def test_writer_refuses_indices_outside_the_code_range(value, code_bits):
+    """Was: silently wrapped to the low L bits (2**40 + 5 written as 5, -1 as all ones)."""
+    codes = make_codes(16000, code_bits)
+    codes.indices[3, 5] = value
+    with pytest.raises(BsqAudioError, match=rf"token index {value} is outside \[0, 2\*\*{code_bits}\)"):
+        write_bsq(codes)
+
+
+def test_writer_refuses_float_indices():
+    codes = make_codes(16000)
+    codes.indices = codes.indices.double() + 0.5
+    with pytest.raises(BsqAudioError, match="not integers"):
+        write_bsq(codes)
+
+
+# -- gains ---------------------------------------------------------------------------------------
+
+def test_real_encodes_give_gains_well_inside_the_bound():
+    """The measured range behind MAX_GAIN_DB: silence sits on the -20 dB floor, the loudest
+    full-scale signals reach about +45 dB, 8x past full scale (float audio) +63 dB."""
+    from bsqaudio.audio import GAIN_FLOOR_DB, MelFrontend
+    from bsqaudio.bitstream import MAX_GAIN_DB
+    from bsqaudio.model.config import preset
+
+    frontend = MelFrontend(preset("tiny"))
+    t = torch.arange(16000) / 16000
+    signals = {"silence": torch.zeros(16000), "dc": torch.ones(16000),
+               "square": torch.sign(torch.sin(2 * math.pi * 220 * t)),
+               "sine-7k": torch.sin(2 * math.pi * 7000 * t),
+               "noise": torch.rand(16000, generator=torch.Generator().manual_seed(0)) * 2 - 1}
+    gains = {name: frontend.analyze(wave)[1].item() for name, wave in signals.items()}
+    assert gains["silence"] == GAIN_FLOOR_DB
+    assert max(gains.values()) < 46
+    assert frontend.analyze(8 * signals["dc"])[1].item() < 64
+    assert MAX_GAIN_DB >= 100 - 1e-9 and -MAX_GAIN_DB < GAIN_FLOOR_DB
+
+
+@pytest.mark.parametrize("gain", [400.0, 200.0, 100.5, -101.0, 65504.0])
+def test_gains_no_audio_has_are_refused_before_synthesis(gain):
+    """A crafted +400 dB overflowed mel power to inf (IndexError traceback in decode) and +200 dB
+    decoded to a full-scale square wave. The format keeps any finite float16 (the frozen format
+    test files hold +-65504), so the file reads; Codes.check_gains refuses it."""
+    header = make_header(16000)
+    data = bytearray(write_bsq(make_codes(16000)))
+    offset = 9 + len(json.dumps(header, sort_keys=True, separators=(",", ":")))
+    data[offset:offset + 2] = struct.pack("<e", gain)
+    body = bytes(data[:-4])
+    codes = read_bsq(body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(BsqAudioError, match="window gain of .* dB is outside the \\+-100 dB"):
+        codes.check_gains()
+
+
+@pytest.mark.parametrize("gain", [100.0, -100.0, 45.0, -20.0, 0.0])
+def test_gains_inside_the_bound_pass(gain):
+    codes = make_codes(16000)
+    codes.gains_db = torch.tensor([gain])
+    codes.check_gains()
+    codes.gains_db = torch.tensor([float("nan")])
+    with pytest.raises(BsqAudioError, match="outside"):
+        codes.check_gains()
