@@ -209,9 +209,12 @@ def test_huge_integers_are_rejected(value):
     assert_rejected(bsq_bytes(json.dumps(header_with(**big)).encode(), b""), "out of range")
 
 
-def test_largest_int64_fields_are_fine():
-    header = header_with(source_sample_rate=2**63 - 1, num_samples=2**62, hop_length=2**61,
-                         num_rows=1, num_windows=1)
+def test_largest_allowed_fields_are_fine():
+    """int64 where nothing is sized from the field; the geometry at the model config's limits."""
+    header = header_with(source_sample_rate=2**63 - 1, source_channels=2**63 - 1,
+                         sample_rate=384_000, n_fft=16384, win_length=16384, hop_length=16384,
+                         n_mels=1024, patch_freq=1024, window_frames=16384, patch_time=16384,
+                         num_samples=3 * 16384 * 16384, num_rows=3, num_windows=3, code_bits=63)
     data = bsq_bytes(json.dumps(header).encode(), payload_for(header))
     assert read_bsq(data).header == header
     assert fuzz.check(data) is None
@@ -370,3 +373,39 @@ def test_cli_info_on_a_file_that_was_accepted_before_the_fix(tmp_path):
     path.write_bytes(bsq_bytes(json.dumps(header).encode(), payload_for(header)))
     with pytest.raises(BsqAudioError, match="'model' is not printable text"):
         cli.info(str(path), as_json=False)
+
+
+# -- hostile files in the corpus ------------------------------------------------------------------
+
+HOSTILE = fuzz.hostile_files()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_corpus_files_keep_the_property(name):
+    """Each is small, claims far more than it holds, and is in every corpus the harness mutates."""
+    data = HOSTILE[name]
+    assert len(data) < 6000 and data in CORPUS
+    assert fuzz.check(data, trace_memory=True) is None
+    if not name.startswith("gain-"):
+        assert_rejected(data, "outside|more than")
+    else:  # the format stores any finite gain; they are refused before synthesis
+        with pytest.raises(BsqAudioError, match="outside the \\+-100 dB"):
+            read_bsq(data).check_gains()
+
+
+def test_harness_catches_window_indices_sized_by_the_header(monkeypatch):
+    """The property covers window_indices(): with the geometry limits taken away (the reader as
+    it was), a 2.7 KB file whose window claims 2**20 rows makes 64 MiB of padding, and the harness
+    reports it (the real file claimed 2**26 rows: 4 GiB)."""
+    import bsqaudio.bitstream as bitstream
+
+    header = fuzz.make_header(163840, 36)
+    header["window_frames"] = 16 * 2**20
+    data = fuzz.raw_file(header)
+    monkeypatch.setattr(bitstream, "_GEOMETRY_LIMITS", {})
+    monkeypatch.setattr(bitstream, "MAX_PATCHES", 2**30)
+    problem = fuzz.check(data)
+    assert problem is not None and problem.startswith("memory: window_indices()"), problem
+    monkeypatch.undo()
+    assert fuzz.check(data) is None
+    assert_rejected(data, "'window_frames' is 16777216, outside")

@@ -139,9 +139,60 @@ def random_codes(rng: random.Random, max_windows: float = 3.0) -> Codes:
                  gains_db=torch.from_numpy(gains.astype(np.float32)), header=header)
 
 
+def raw_file(header: dict, gain: float = 10.0, code_byte: int = 0,
+             body_bytes: int | None = None) -> bytes:
+    """A .bsq file with any header (valid or not) and the payload write_bsq would lay out for it
+    (rows present only, each window's codes padded to whole bytes), or a gain and ``body_bytes``
+    of codes; CRC fixed."""
+    head = _encode_header(header)
+    freq = header["n_mels"] // header["patch_freq"]
+    per_window = header["window_frames"] // header["patch_time"]
+    body = bytearray()
+    if body_bytes is not None:
+        body += struct.pack("<e", gain) + bytes([code_byte]) * body_bytes
+    for w in range(header["num_windows"] if body_bytes is None else 0):
+        rows = max(0, min(per_window, header["num_rows"] - w * per_window))
+        body += struct.pack("<e", gain) + bytes([code_byte]) * payload_bytes(rows, freq,
+                                                                             header["code_bits"])
+    return fix_crc(MAGIC + bytes([FORMAT_VERSION]) + struct.pack("<I", len(head)) + head +
+                   bytes(body) + b"\0\0\0\0")
+
+
+def hostile_files() -> dict[str, bytes]:
+    """Small files whose headers claim sizes the bytes do not back: each once passed the reader's
+    checks and then made something downstream allocate or produce what the header claimed."""
+    def geometry(num_samples, **fields):
+        h = {**make_header(16000, 36), **fields, "num_samples": num_samples}
+        frames = -(-num_samples // h["hop_length"])
+        rows = -(-frames // h["patch_time"])
+        per_window = h["window_frames"] // h["patch_time"]
+        return {**h, "num_rows": rows, "num_windows": -(-rows // per_window)}
+
+    return {
+        # 2.7 KB: 64 rows present, but a window "holds" 2**26 rows: window_indices() (tokens
+        # --format npy, decode) allocated 2**26 x 8 int64, 4 GiB.
+        "huge-window": raw_file(geometry(163840, window_frames=16 * 2**26)),
+        # 16 M patches a window (1024 mel bands of 1, 16384 frames of 1), one row present.
+        "huge-patch-grid": raw_file(geometry(160, n_mels=1024, patch_freq=1, window_frames=16384,
+                                             patch_time=1, hop_length=160)),
+        # One row standing for 2**62 samples: decode would write exabytes of silence.
+        "huge-hop": raw_file(geometry(2**62, hop_length=2**58, patch_time=16)),
+        # More mel bands than any model: the window's spectrogram alone would be 2**30 floats.
+        "huge-n_mels": raw_file(geometry(160, n_mels=2**20, patch_freq=2**20)),
+        # 10**12 samples claimed in a 2 KB file (the size check catches it; MAX_CODES first).
+        "huge-length": raw_file(geometry(10**12), body_bytes=2048),
+        # Gains the reader accepts (finite float16) but no audio has: Codes.check_gains refuses
+        # them before synthesis (+400 dB overflowed to inf, +200 dB made a full-scale square).
+        "gain-400dB": raw_file(geometry(16000), gain=400.0),
+        "gain-65504dB": raw_file(geometry(16000), gain=65504.0),
+    }
+
+
 def make_corpus(seed: int, count: int = 48, max_windows: float = 3.0) -> list[bytes]:
+    """``count`` valid files, then the hostile files (see hostile_files) to mutate as well."""
     rng = random.Random(f"corpus-{seed}")
-    return [write_bsq(random_codes(rng, max_windows)) for _ in range(count)]
+    return [write_bsq(random_codes(rng, max_windows)) for _ in range(count)] + \
+        list(hostile_files().values())
 
 
 # -- layout: the structural boundaries of a (possibly broken) file ----------------------------------
@@ -565,6 +616,13 @@ def check_codes(codes: Codes, data: bytes) -> None:
     ref_codes, ref_gains, padding_zero = reference_decode(data, h)
     assert indices.tolist() == ref_codes, "indices differ from a pure-Python decoding"
     assert codes.gains_db.tolist() == ref_gains, "gains differ from a pure-Python decoding"
+    # Windows as decode and `tokens --format npy` see them: sized from the rows present.
+    windows = codes.window_indices().numpy()
+    per_window = h["window_frames"] // h["patch_time"]
+    assert windows.shape == (h["num_windows"], per_window * freq), "window_indices shape"
+    flat = windows.reshape(-1, freq)
+    assert (flat[: h["num_rows"]] == indices).all(), "window_indices differ from indices"
+    assert (flat[h["num_rows"]:] == -1).all(), "window_indices padding"
     # Round trip.
     canonical = write_bsq(codes)
     back = read_bsq(canonical)
@@ -596,8 +654,15 @@ def check_detailed(data: bytes, *, time_limit: float = 1.0,
     problem = None
     codes = None
     message = None
+    window_bytes = 0
     try:
         codes = read_bsq(data)
+        try:  # what `tokens --format npy` and decode do next; inside the time and memory bounds
+            windows = codes.window_indices()
+            window_bytes = windows.element_size() * windows.numel()
+            del windows
+        except BsqAudioError as err:
+            raise AssertionError(f"window_indices() of an accepted file raised: {err}") from None
     except BsqAudioError as err:
         message = str(err)
         if not message.strip():
@@ -623,6 +688,9 @@ def check_detailed(data: bytes, *, time_limit: float = 1.0,
         problem = f"slow: {wall:.2f} s wall, {cpu:.2f} s CPU for {len(data)} bytes"
     if problem is None and trace_memory and peak > MEMORY_FACTOR * len(data) + MEMORY_SLACK:
         problem = f"memory: peak {peak} bytes traced for a {len(data)}-byte input"
+    if problem is None and codes is not None and \
+            window_bytes > MEMORY_FACTOR * len(data) + MEMORY_SLACK:  # torch's memory is untraced
+        problem = f"memory: window_indices() is {window_bytes} bytes for a {len(data)}-byte input"
     rss_growth = _max_rss() - rss_before
     if problem is None and rss_growth > MEMORY_FACTOR * len(data) + RSS_SLACK:
         problem = f"memory: peak RSS grew by {rss_growth} bytes for a {len(data)}-byte input"
