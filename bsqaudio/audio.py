@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio.functional as AF
 
@@ -44,6 +45,12 @@ GRIFFIN_LIM_ITERATIONS = 16
 # method for reconstruction of phase from STFT magnitude", Table I); lambda links the phase
 # gradient of the STFT to the gradient of its log-magnitude.
 HANN_LAMBDA = 0.25645
+
+# soxr's "high quality" (20-bit) recipe. Measured on tones (docs/benchmarks.md): aliasing
+# below -135 dB and a passband error 70 dB or more below the signal up to 0.9 x Nyquist, where
+# torchaudio's default sinc lets aliases through at -14 dB and errs at -22 dB; VHQ is 2 dB
+# better at the band edge (inaudible) and no faster.
+RESAMPLE_QUALITY = "HQ"
 
 
 def read_audio(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
@@ -114,42 +121,55 @@ def stream_mono(source: str | Path, rate: int, block_seconds: float = 20.0
 
 def resample_stream(chunks: Iterable[torch.Tensor], rate_from: int, rate_to: int
                     ) -> Iterator[torch.Tensor]:
-    """Resample a signal given in chunks, block by block, with the result of ``resample`` on the
-    whole signal: blocks start on multiples of the reduced input period (so output samples stay
-    on the same grid) and carry enough real context on both sides to cover torchaudio's kernel."""
+    """Resample a signal given in (T_i,) chunks; the chunks join into what ``resample`` gives for
+    the whole signal (soxr's stream and one-shot resamplers agree to the sample), and memory
+    stays flat whatever the length or the rates. See ``resample`` for the length and quality."""
     if rate_from == rate_to:
         yield from chunks
         return
-    g = math.gcd(rate_from, rate_to)
-    period_in, period_out = rate_from // g, rate_to // g
-    # torchaudio's sinc kernel reaches ``width`` input samples each side (lowpass width 6,
-    # rolloff 0.99, its defaults), plus one input period.
-    width = math.ceil(6 * period_in / (min(period_in, period_out) * 0.99))
-    margin = period_in * (math.ceil((width + period_in) / period_in) + 1)
-    step = period_in * max(1, 32768 // period_in)
-    buffer = torch.zeros(margin)  # left context of the first block: zeros, as torchaudio pads
-    consumed = 0
+    stream = soxr.ResampleStream(rate_from, rate_to, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    consumed = produced = 0
     for chunk in chunks:
         consumed += chunk.shape[0]
-        buffer = torch.cat([buffer, chunk])
-        while buffer.shape[0] >= 2 * margin + step:
-            yield _resample_block(buffer[: 2 * margin + step], margin, step, period_in, period_out)
-            buffer = buffer[step:]
-    remaining = buffer.shape[0] - margin
-    if remaining > 0:
-        step = period_in * math.ceil(remaining / period_in)
-        buffer = torch.nn.functional.pad(buffer, (0, margin + step - remaining))
-        last = _resample_block(buffer, margin, step, period_in, period_out)
-        produced = math.ceil(period_out * consumed / period_in)
-        already = (consumed - remaining) // period_in * period_out
-        yield last[: produced - already]
+        out = stream.resample_chunk(_as_numpy(chunk))
+        produced += out.shape[0]
+        if out.shape[0]:
+            yield torch.from_numpy(out)
+    if consumed:
+        tail = stream.resample_chunk(np.zeros(_tail_padding(rate_from, rate_to), np.float32), last=True)
+        wanted = resampled_length(consumed, rate_from, rate_to) - produced
+        yield torch.from_numpy(np.ascontiguousarray(tail[:wanted]))
 
 
-def _resample_block(block: torch.Tensor, margin: int, step: int, period_in: int, period_out: int
-                    ) -> torch.Tensor:
-    out = AF.resample(block, period_in, period_out)
-    lo = margin // period_in * period_out
-    return out[lo: lo + step // period_in * period_out]
+def resample(wave: torch.Tensor, rate_from: int, rate_to: int) -> torch.Tensor:
+    """(T,) audio -> (ceil(T * rate_to / rate_from),) audio at ``rate_to``, with soxr.
+
+    soxr's cost and memory do not depend on how the two rates reduce: torchaudio's resampler,
+    used before, builds a kernel of (rate_to / g) x (rate_from / g) taps (g their gcd), over 10
+    GB for 44101 -> 16000 Hz. soxr at RESAMPLE_QUALITY is also closer to the ideal resampler and
+    faster on the common rates (docs/benchmarks.md, benchmarks/resample.py). The length is
+    torchaudio's (ceil), which .bsq headers and decoded lengths were built on: soxr's own
+    (rounded) length is padded with the zeros that lie past the end of the signal anyway."""
+    if rate_from == rate_to:
+        return wave
+    x = np.concatenate([_as_numpy(wave), np.zeros(_tail_padding(rate_from, rate_to), np.float32)])
+    out = soxr.resample(x, rate_from, rate_to, quality=RESAMPLE_QUALITY)
+    return torch.from_numpy(np.ascontiguousarray(out[: resampled_length(wave.shape[0], rate_from, rate_to)]))
+
+
+def resampled_length(samples: int, rate_from: int, rate_to: int) -> int:
+    """Samples that ``resample`` returns for ``samples`` input samples: ceil(T * to / from)."""
+    return -(-samples * rate_to // rate_from)
+
+
+def _tail_padding(rate_from: int, rate_to: int) -> int:
+    """Zeros to append so that soxr, which returns round(T * to / from) samples, returns at least
+    ceil(T * to / from): 1.5 output periods of input, and some to spare."""
+    return 2 * math.ceil(rate_from / rate_to) + 2
+
+
+def _as_numpy(wave: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(torch.as_tensor(wave).detach().cpu().float().numpy())
 
 
 def _check_readable(path: Path) -> None:
@@ -171,12 +191,6 @@ def _short(err: Exception) -> str:
 def to_mono(wave_ct: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(C, T) -> (T,) float32, the mean of the channels."""
     return torch.as_tensor(wave_ct, dtype=torch.float32).mean(0)
-
-
-def resample(wave: torch.Tensor, rate_from: int, rate_to: int) -> torch.Tensor:
-    if rate_from == rate_to:
-        return wave
-    return AF.resample(wave, rate_from, rate_to)
 
 
 def load_mono(source: str | Path | BinaryIO, rate: int) -> tuple[torch.Tensor, int, int]:

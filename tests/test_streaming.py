@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
-import torchaudio.functional as AF
 
-from bsqaudio.audio import resample_stream, stream_mono
+from bsqaudio.audio import resample, resample_stream, stream_mono
 from bsqaudio.errors import BsqAudioError
 
 
@@ -19,14 +19,20 @@ def chunked(x: torch.Tensor, sizes=(7, 1000, 33333)):
     return out
 
 
-@pytest.mark.parametrize("rate_from", [8000, 11025, 22050, 44100, 48000, 192000])
+@pytest.mark.parametrize(("rate_from", "rate_to"), [
+    (8000, 16000), (11025, 16000), (22050, 16000), (44100, 16000), (48000, 16000), (192000, 16000),
+    (44101, 16000), (7919, 16000), (16000, 44101), (16000, 44100)])
 @pytest.mark.parametrize("length", [1, 37, 5000, 100003])
-def test_resample_stream_equals_whole_signal(rate_from, length):
+def test_resample_stream_equals_whole_signal(rate_from, rate_to, length):
     x = torch.randn(length, generator=torch.Generator().manual_seed(length))
-    whole = AF.resample(x, rate_from, 16000)
-    streamed = torch.cat(list(resample_stream(iter(chunked(x)), rate_from, 16000)))
+    whole = resample(x, rate_from, rate_to)
+    assert whole.shape == (-(-length * rate_to // rate_from),)  # ceil, as torchaudio gave
+    streamed = torch.cat(list(resample_stream(iter(chunked(x)), rate_from, rate_to)))
     assert streamed.shape == whole.shape
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
+    # and both are soxr's own one-shot result, up to the length
+    direct = torch.from_numpy(soxr.resample(np.pad(x.numpy(), (0, 64)), rate_from, rate_to))
+    torch.testing.assert_close(whole, direct[: whole.shape[0]], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("length", [1, 100, 163839, 163840, 163841, 500000])
@@ -67,7 +73,7 @@ def test_stream_mono_matches_whole_file_and_reports_bad_data(tmp_path):
     sf.write(path, stereo, 44100, subtype="FLOAT")
     chunks, rate, channels = stream_mono(path, 16000, block_seconds=0.37)
     streamed = torch.cat(list(chunks))
-    whole = AF.resample(torch.from_numpy(stereo.T.copy()).mean(0), 44100, 16000)
+    whole = resample(torch.from_numpy(stereo.T.copy()).mean(0), 44100, 16000)
     assert (rate, channels) == (44100, 2)
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
     stereo[44100 * 2, 1] = np.nan
