@@ -573,17 +573,30 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="PNG bar chart of the mean metrics.")] = None,
     oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Also score oracle Griffin-Lim.")] = True,
+    mos: Annotated[bool, typer.Option(
+        "--mos", help="Also predict naturalness (DistillMOS, DNSMOS P.835 overall; install bsqaudio[mos]). "
+        "Speech only: the predictors were trained on speech.")] = False,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
 ) -> None:
     """Round-trip reference files; report mel error, STFT distance, SI-SDR, STOI, PESQ, bitrate."""
     from bsqaudio.evaluate import evaluate
     from bsqaudio.io.inputs import list_inputs
+    from bsqaudio.metrics import mos_available
 
+    if mos and not mos_available():
+        fail("--mos needs the MOS predictors: pip install 'bsqaudio[mos]' (distillmos, speechmos, onnxruntime)")
     paths = list_inputs(inputs)
     if not paths:
         fail("no audio files among the inputs")
     codec = load_codec(model, revision, device)
-    report = evaluate(codec, paths, oracle=oracle)
+
+    def progress(row: dict) -> None:
+        progress.done += 1
+        err_console.print(f"[{progress.done}/{len(paths)}] {row['path']}", highlight=False, markup=False,
+                          soft_wrap=True)
+
+    progress.done = 0
+    report = evaluate(codec, paths, oracle=oracle, mos=mos, on_row=progress)
     for error in report["errors"]:
         err_console.print(f"bsqaudio: skipped {error['error']}", highlight=False, markup=False,
                           soft_wrap=True)
@@ -607,22 +620,30 @@ def print_report(report: dict) -> None:
     def fmt(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    with_mos = "distillmos" in report["mean"].get("codec", {})
     table = Table(title="bsqaudio eval (oracle = unquantized mel through the same Griffin-Lim)")
-    for column in ("file", "s", "bit/s", "mel MAE dB", "MR-STFT", "SI-SDR dB", "STOI", "PESQ-WB"):
+    columns = ["file", "s", "bit/s", "mel MAE dB", "MR-STFT", "SI-SDR dB", "STOI", "PESQ-WB"]
+    for column in columns + (["DistillMOS", "DNSMOS"] if with_mos else []):
         table.add_column(column, justify="left" if column == "file" else "right",
                          overflow="fold")
     rows = [(Path(r["path"]).name, r) for r in report["files"]] + [("MEAN", report["mean"])]
     for name, r in rows:
-        for system in ("codec", "oracle"):
+        for system in ("codec", "oracle", "reference"):
             if system not in r:
                 continue
             m = r[system]
-            label = name if system == "codec" else "  oracle"
-            table.add_row(label, fmt(r["duration_s"], 1) if system == "codec" else "",
-                          fmt(r["bitrate_bps"], 0) if system == "codec" else "",
-                          fmt(m["mel_mae_db"]), fmt(m["mrstft"]), fmt(m["si_sdr_db"], 1),
-                          fmt(m["stoi"]), fmt(m["pesq_wb"]))
+            label = name if system == "codec" else f"  {system}"
+            cells = [label, fmt(r["duration_s"], 1) if system == "codec" else "",
+                     fmt(r["bitrate_bps"], 0) if system == "codec" else ""]
+            cells += [fmt(m.get("mel_mae_db")), fmt(m.get("mrstft")), fmt(m.get("si_sdr_db"), 1),
+                      fmt(m.get("stoi")), fmt(m.get("pesq_wb"))]
+            if with_mos:
+                cells += [fmt(m.get("distillmos")), fmt(m.get("dnsmos_ovrl"))]
+            table.add_row(*cells)
     Console().print(table)
+    if with_mos:
+        Console().print("DistillMOS and DNSMOS (1-5) predict how natural speech sounds, without a reference; "
+                        "they were trained on speech and mean nothing for music.")
     codes = report["mean"]["codes"]
     Console().print(f"tokens: {codes['distinct_per_window']:.1%} distinct per window on average; "
                     f"per-bit balance {codes['bit_balance_min']:.2f}-{codes['bit_balance_max']:.2f} "

@@ -15,9 +15,9 @@ from bsqaudio.audio import load_mono
 from bsqaudio.bitstream import write_bsq
 from bsqaudio.codec import Codec
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.metrics import all_metrics
+from bsqaudio.metrics import MOS_KEYS, all_metrics, naturalness
 
-METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
+METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb", *MOS_KEYS)
 
 
 def oracle_griffin_lim(codec: Codec, wave: torch.Tensor) -> torch.Tensor:
@@ -29,8 +29,9 @@ def oracle_griffin_lim(codec: Codec, wave: torch.Tensor) -> torch.Tensor:
     return frontend.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
 
 
-def evaluate_file(codec: Codec, path: Path, oracle: bool = True) -> dict:
-    """Metrics of one file: the codec's, and with ``oracle`` the oracle Griffin-Lim's."""
+def evaluate_file(codec: Codec, path: Path, oracle: bool = True, mos: bool = False) -> dict:
+    """Metrics of one file: the codec's, and with ``oracle`` the oracle Griffin-Lim's; with
+    ``mos`` also the predicted naturalness of each and of the reference itself (speech only)."""
     rate = codec.config.sample_rate
     wave, _, _ = load_mono(path, rate)
     codes = codec.encode(wave, rate)
@@ -44,8 +45,14 @@ def evaluate_file(codec: Codec, path: Path, oracle: bool = True) -> dict:
         "codec": all_metrics(wave, decoded, codec.frontend),
         "codes": code_statistics(codes.indices, codes.rows_per_window, codes.code_bits),
     }
+    if mos:
+        row["codec"].update(naturalness(decoded, rate))
+        row["reference"] = naturalness(wave, rate)
     if oracle:
-        row["oracle"] = all_metrics(wave, oracle_griffin_lim(codec, wave), codec.frontend)
+        oracle_wave = oracle_griffin_lim(codec, wave)
+        row["oracle"] = all_metrics(wave, oracle_wave, codec.frontend)
+        if mos:
+            row["oracle"].update(naturalness(oracle_wave, rate))
     return row
 
 
@@ -72,13 +79,13 @@ def copied_bits(ones: torch.Tensor, pairs: torch.Tensor, tokens: int, threshold:
     return int((r.abs() > threshold).any(1).sum())
 
 
-def evaluate(codec: Codec, paths: list[Path], oracle: bool = True,
+def evaluate(codec: Codec, paths: list[Path], oracle: bool = True, mos: bool = False,
              on_row: Callable[[dict], None] | None = None) -> dict:
     """Evaluate every readable file; unreadable ones are listed under ``errors``."""
     rows, errors = [], []
     for path in paths:
         try:
-            row = evaluate_file(codec, path, oracle)
+            row = evaluate_file(codec, path, oracle, mos)
         except BsqAudioError as err:
             errors.append({"path": str(path), "error": str(err)})
             continue
@@ -105,12 +112,13 @@ def summarize(rows: list[dict]) -> dict:
             "bits_outside_0.4_0.6": int(((balance < 0.4) | (balance > 0.6)).sum()),
             "copied_bits": copied_bits(ones, pairs, tokens),
         }
-    for system in ("codec", "oracle"):
+    for system in ("codec", "oracle", "reference"):
         values = [r[system] for r in rows if system in r]
         if not values:
             continue
         mean[system] = {}
         for key in METRIC_KEYS:
-            defined = [v[key] for v in values if v[key] is not None]
-            mean[system][key] = sum(defined) / len(defined) if defined else None
+            defined = [v[key] for v in values if v.get(key) is not None]
+            if defined or key in values[0]:
+                mean[system][key] = sum(defined) / len(defined) if defined else None
     return mean
