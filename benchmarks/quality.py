@@ -8,7 +8,8 @@ Inputs are a JSONL manifest (one object per line with ``path`` relative to the m
 and optionally ``split`` and ``kind``), audio files, folders (searched recursively) or .txt lists.
 Every reference is read as 16 kHz mono and, for each system, coded, decoded, aligned and scored with
 ``bsqaudio.metrics.all_metrics`` (mel MAE/MSE in dB, multi-resolution STFT distance, SI-SDR, STOI,
-wideband PESQ).
+wideband PESQ); with --mos, speech files also get DistillMOS and DNSMOS P.835 overall (no-reference
+naturalness predictors) for every system and for the reference itself.
 
 Systems
   bsqaudio      the default model (``Codec.from_pretrained(device="cpu")``), encode + decode.
@@ -58,7 +59,8 @@ import torch
 import torchaudio.functional as AF
 
 RATE = 16000
-METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
+MOS_KEYS = ("distillmos", "dnsmos_ovrl")  # bsqaudio.metrics.MOS_KEYS; speech files only, with --mos
+METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb", *MOS_KEYS)
 CODEC2_MODES = ("700C", "1200", "3200")
 OPUS_KBPS = (6, 8)
 ALL_SYSTEMS = (("bsqaudio", "oracle-gl") + tuple(f"codec2-{m}" for m in CODEC2_MODES)
@@ -248,9 +250,11 @@ class Systems:
         raise ValueError(name)
 
 
-def evaluate_file(systems: Systems, item: dict, max_seconds: float | None) -> dict:
+def evaluate_file(systems: Systems, item: dict, max_seconds: float | None, mos: bool = False) -> dict:
     from bsqaudio.audio import load_mono
-    from bsqaudio.metrics import all_metrics
+    from bsqaudio.metrics import all_metrics, naturalness
+
+    mos = mos and item["kind"] == "speech"  # the predictors were trained on speech
 
     wave, source_rate, channels = load_mono(item["path"], RATE)
     full = wave.shape[0] / RATE
@@ -260,6 +264,8 @@ def evaluate_file(systems: Systems, item: dict, max_seconds: float | None) -> di
     row = {"path": str(item["path"]), "name": item["name"], "kind": item["kind"],
            "duration_s": duration, "full_duration_s": full, "truncated": duration < full,
            "source_rate": source_rate, "source_channels": channels, "systems": {}}
+    if mos:
+        row["reference"] = naturalness(wave, RATE)
     with tempfile.TemporaryDirectory(prefix="bsq-quality-") as tmp:
         for name in systems.names:
             start = time.perf_counter()
@@ -271,6 +277,8 @@ def evaluate_file(systems: Systems, item: dict, max_seconds: float | None) -> di
                 lag = find_lag(wave, decoded)
                 aligned = apply_lag(decoded, lag, wave.shape[0])
                 result = all_metrics(wave, aligned, systems.frontend)
+                if mos:
+                    result.update(naturalness(aligned, RATE))
                 result.update(extra)
                 result["bitrate_bps"] = (extra["bits"] / duration) if extra.get("bits") else None
                 result["lag_samples"] = lag
@@ -315,6 +323,9 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
         s["median_lag_ms"] = float(np.median(lags)) / RATE * 1000 if lags else None
         s["codec_seconds"] = sum(r["systems"][name]["codec_seconds"] for r in ok)
         out["systems"][name] = s
+    references = [r["reference"] for r in rows if "reference" in r]
+    if references:
+        out["reference"] = {key: sum(r[key] for r in references) / len(references) for key in MOS_KEYS}
     return out
 
 
@@ -372,8 +383,9 @@ def _fmt(value, digits=2) -> str:
 
 def render_table(title: str, summary: dict, names: list[str]) -> str:
     """A Markdown-compatible plain-text table of the means."""
+    with_mos = "reference" in summary
     header = ["system", "bit/s", "mel MAE dB", "mel MSE dB²", "MR-STFT", "SI-SDR dB", "STOI",
-              "PESQ-WB", "lag ms", "files ok"]
+              "PESQ-WB", *(["DistillMOS", "DNSMOS"] if with_mos else []), "lag ms", "files ok"]
     lines = [f"{title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     for name in names:
@@ -385,11 +397,16 @@ def render_table(title: str, summary: dict, names: list[str]) -> str:
             rate = "n/a"
         cells = [name, rate, _fmt(s["mel_mae_db"]), _fmt(s["mel_mse_db"], 1), _fmt(s["mrstft"], 3),
                  _fmt(s["si_sdr_db"], 1), _fmt(s["stoi"], 3), _fmt(s["pesq_wb"]),
+                 *([_fmt(s["distillmos"]), _fmt(s["dnsmos_ovrl"])] if with_mos else []),
                  _fmt(s["median_lag_ms"], 1), f"{s['files_ok']}/{summary['files']}"]
         if s["pesq_wb"] is not None and s["pesq_wb_n"] < s["files_ok"]:
             cells[7] += f" (n={s['pesq_wb_n']})"
         if s["stoi"] is not None and s["stoi_n"] < s["files_ok"]:
             cells[6] += f" (n={s['stoi_n']})"
+        lines.append("| " + " | ".join(cells) + " |")
+    if with_mos:
+        ref = summary["reference"]
+        cells = ["reference", "-", *["-"] * 6, _fmt(ref["distillmos"]), _fmt(ref["dnsmos_ovrl"]), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -446,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 60; 0: whole files)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS),
                         help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
+    parser.add_argument("--mos", action="store_true",
+                        help="also predict naturalness of speech files (DistillMOS, DNSMOS P.835 "
+                             "overall; pip install 'bsqaudio[mos]')")
     parser.add_argument("--model", default=None,
                         help="model folder, .safetensors or Hub id for the bsqaudio system (default: embedded)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here "
@@ -518,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if item["kind"] == "music" and args.music_max_seconds:
             cap = min(cap, args.music_max_seconds) if cap else args.music_max_seconds
         try:
-            row = evaluate_file(systems, item, cap)
+            row = evaluate_file(systems, item, cap, args.mos)
         except Exception as err:  # unreadable reference: no system can be scored
             row = {"path": str(item["path"]), "name": item["name"], "kind": item["kind"],
                    "error": f"{type(err).__name__}: {err}"}
