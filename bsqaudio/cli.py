@@ -28,6 +28,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help: rich markup ate "[windows, 512]" and "[default: ...]" in option help, and its
+    # panels truncated option names at 80 columns.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True)
 STATE = {"debug": False}
@@ -456,15 +460,15 @@ def train(
     preset: Annotated[str, typer.Option(help="Model preset: tiny, small or base.")] = "small",
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a config field, e.g. --set code_bits=18.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 20000,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in all (the schedule's length).")] = 20000,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per step per rank.")] = 8,
-    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches summed into each step.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 4e-4,
     lr_per_sample: Annotated[Optional[float], typer.Option(
         help="Peak lr per sample of global batch (BSQ-ViT: 4e-7); overrides --lr.")] = None,
-    warmup: int = 500,
+    warmup: Annotated[int, typer.Option(help="Steps of linear learning-rate warmup.")] = 500,
     loss: Annotated[str, typer.Option(help="mse or l1, on dB/40.")] = "mse",
-    quantizer_weight: float = 0.1,
+    quantizer_weight: Annotated[float, typer.Option(help="Weight of the quantizer loss (commit + entropy).")] = 0.1,
     codebook_weight: Annotated[float, typer.Option(
         help="Weight of the bit-balance (codebook entropy) term within the quantizer loss.")] = 1.0,
     codebook_group: Annotated[int, typer.Option(
@@ -473,8 +477,12 @@ def train(
     window_balance_weight: Annotated[float, typer.Option(
         help="Weight of the per-bit balance within each window, so each recording (not only the "
              "batch's mix) uses both values of every bit.")] = 0.0,
-    spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
-    time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 12,
+    spec_augment: Annotated[bool, typer.Option(
+        "--spec-augment/--no-spec-augment", help="Mask time and mel bands of the encoder input.")] = True,
+    time_masks: Annotated[int, typer.Option(help="SpecAugment time masks per window.")] = 2,
+    time_mask_width: Annotated[int, typer.Option(help="Widest time mask, in frames.")] = 40,
+    freq_masks: Annotated[int, typer.Option(help="SpecAugment mel-band masks per window.")] = 2,
+    freq_mask_width: Annotated[int, typer.Option(help="Widest mel-band mask, in mels.")] = 12,
     discriminator: Annotated[bool, typer.Option(
         "--discriminator/--no-discriminator", help="PatchGAN on the mel (off by default on CPU).")] = False,
     disc_start: Annotated[int, typer.Option(help="Step at which the discriminator starts.")] = 5000,
@@ -483,16 +491,18 @@ def train(
     disc_lr: Annotated[float, typer.Option(help="Discriminator learning rate.")] = 1e-4,
     feature_match_weight: Annotated[float, typer.Option(
         help="Feature matching beside the hinge loss, within --disc-weight.")] = 1.0,
-    ema_decay: float = 0.999,
-    val_fraction: float = 0.05,
+    ema_decay: Annotated[float, typer.Option(help="Decay of the weights' moving average (what is exported).")] = 0.999,
+    val_fraction: Annotated[float, typer.Option(
+        help="Share of files held out for validation (by a hash of the path).")] = 0.05,
     val_dir: Annotated[Optional[list[str]], typer.Option(help="Validation folders (instead of a split).")] = None,
-    val_every: int = 500,
-    val_windows: int = 32,
-    checkpoint_every: int = 200,
+    val_every: Annotated[int, typer.Option(help="Validate every this many steps.")] = 500,
+    val_windows: Annotated[int, typer.Option(help="Validation windows (the first of each file).")] = 32,
+    checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every this many steps.")] = 200,
     max_minutes: Annotated[Optional[float], typer.Option(
         help="Stop with a checkpoint after this many minutes.")] = None,
-    seed: int = 0,
-    grad_checkpointing: bool = False,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, crops and masks.")] = 0,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        help="Recompute activations in backward: less memory, more time.")] = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
     device: DeviceOpt = "auto",
     cache: Annotated[Optional[str], typer.Option(help="Audio cache folder (default RUN/cache).")] = None,
