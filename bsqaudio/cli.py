@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -52,6 +53,10 @@ def fail(message: str) -> None:
     raise BsqAudioError(message)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def check_output(path: str, force: bool) -> None:
     """Refuse an output that cannot or must not be written, before any work is done. A character
     device or FIFO (``-o /dev/null``) is written through, so it needs no ``--force``."""
@@ -64,6 +69,31 @@ def check_output(path: str, force: bool) -> None:
     if out.exists() and special is None and not force:
         fail(f"{out}: already exists (use --force to overwrite)")
     check_folder(out.parent, "output folder")
+
+
+AUDIO_OUTPUTS = ("wav", "flac", "ogg", "mp3")
+
+
+def check_token_output(path: str, fmt: str) -> None:
+    """Tokens go where their name says: not into ``x.wav`` (that is roundtrip's job), not into a
+    file named for another token format, and not as binary onto a terminal."""
+    if path == "-":
+        if fmt != "jsonl" and sys.stdout.isatty():
+            fail(f"refusing to write binary {fmt} data to a terminal; redirect it (> out.{fmt}) or give -o FILE")
+        return
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in AUDIO_OUTPUTS:
+        fail(f"{path}: encode writes tokens, not audio; name it .{fmt} (roundtrip writes audio)")
+    if suffix in FORMATS_BY_SUFFIX and suffix != fmt:
+        fail(f"{path}: the name says .{suffix} but --format is {fmt}")
+
+
+FORMATS_BY_SUFFIX = ("bsq", "npy", "jsonl")
+
+
+def check_audio_output(path: str) -> None:
+    if path == "-" and sys.stdout.isatty():
+        fail("refusing to write WAV data to a terminal; redirect it (> out.wav), pipe it, or give -o FILE")
 
 
 def check_folder(folder: Path, what: str) -> None:
@@ -220,6 +250,7 @@ def finish_batch(summary, errors: Path | None) -> None:
 
     if errors is not None:
         batch.write_errors(errors, summary.errors)
+    summary.wall_s = time.monotonic() - STATE.get("started", time.monotonic())  # the whole command
     world = torchrun_world()
     if world <= 1:
         err_console.print(summary_line(summary), highlight=False, soft_wrap=True)
@@ -269,6 +300,7 @@ def encode(
     if single:
         if output is None:
             fail("give an output file with -o (or - for stdout), or --out-dir for many files")
+        check_token_output(output, fmt)
         check_output(output, force)
         codec = load_codec(model, revision, rank_device(device), batch_size)
         with progress_bar(not quiet, "encoding") as progress:
@@ -284,6 +316,8 @@ def encode(
         if len(sources) == 1 and from_ is None:
             fail(f"{sources[0]}: is a folder; give --out-dir to encode the audio files in it")
         fail(f"many inputs need --out-dir for --format {fmt}")
+    if fmt == "jsonl" and out_dir is not None:
+        fail("--format jsonl writes one file of records: give -o FILE (or nothing for stdout), not --out-dir")
     jsonl_path = rank_file(Path(output)) if fmt == "jsonl" and output not in (None, "-") else None
     if jsonl_path is not None and not skip_existing:
         check_output(str(jsonl_path), force)
@@ -324,6 +358,7 @@ def tokens(
 
     if fmt not in ("jsonl", "npy"):
         fail("--format must be jsonl or npy")
+    check_token_output(output, fmt)
     check_output(output, force)
     codes = load_bsq(source)
     job = Job(Path(source), Path(source))
@@ -338,11 +373,11 @@ def tokens(
 def decode(
     sources: Annotated[Optional[list[str]], typer.Argument(help=".bsq files, folders, or - for stdin.")] = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Audio file (.wav, .flac, .ogg) or - (WAV on stdout).")] = None,
+        "--output", "-o", help="Audio file (.wav, .flac, .ogg, .mp3) or - (WAV on stdout).")] = None,
     rate: Annotated[str, typer.Option(
         help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
     out_dir: OutDirOpt = None, from_: FromOpt = None,
-    audio_format: Annotated[str, typer.Option(help="wav, flac or ogg, for --out-dir.")] = "wav",
+    audio_format: Annotated[str, typer.Option(help="wav, flac, ogg or mp3, for --out-dir.")] = "wav",
     recursive: RecursiveOpt = True, skip_existing: SkipOpt = False, errors: ErrorsOpt = None,
     shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
@@ -358,6 +393,7 @@ def decode(
     if single:
         if output is None:
             fail("give an output file with -o (or - for stdout), or --out-dir for many files")
+        check_audio_output(output)
         check_output(output, force)
         codes = load_bsq(sources[0])
         sample_rate = output_rate(codes, rate)
@@ -369,8 +405,8 @@ def decode(
         if len(sources) == 1 and from_ is None:
             fail(f"{sources[0]}: is a folder; give --out-dir to decode the .bsq files in it")
         fail("many inputs need --out-dir")
-    if audio_format not in ("wav", "flac", "ogg"):
-        fail("--audio-format must be wav, flac or ogg")
+    if audio_format not in AUDIO_OUTPUTS:
+        fail(f"--audio-format must be one of {', '.join(AUDIO_OUTPUTS)}")
     if rate not in ("model", "source"):
         output_rate(None, rate)  # validates a number
     errors = rank_file(errors) if errors is not None else None
@@ -396,6 +432,7 @@ def roundtrip(
     """Encode then decode, to hear (and see) what the codec keeps."""
     from bsqaudio.audio import load_mono, write_audio_stream
 
+    check_audio_output(output)
     check_output(output, force)
     if plot is not None:
         check_output(str(plot), force)
@@ -416,7 +453,7 @@ def roundtrip(
         plot_roundtrip(codec, codes, plot, source_wave=wave)
     if not quiet:
         err_console.print(f"{codes.duration:.2f} s at {codes.bitrate:.0f} bit/s "
-                          f"({codes.code_bits}-bit codes, {codes.header['num_windows']} windows)")
+                          f"({codes.code_bits}-bit codes, {plural(codes.header['num_windows'], 'window')})")
 
 
 @app.command()
@@ -723,6 +760,9 @@ def run() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 1; SIGINT
     and SIGTERM remove unfinished outputs and exit 128 + the signal number (130, 143)."""
     STATE["debug"] = False
+    STATE["started"] = time.monotonic()
+    if "--debug" in sys.argv[2:]:  # accepted after the command too: bsqaudio encode ... --debug
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     _MAIN_PID["pid"] = os.getpid()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
