@@ -88,15 +88,20 @@ class Codec:
         return self.encode_stream([wave], sample_rate, source_channels or channels, progress,
                                   expected_samples=wave.shape[0])
 
-    def encode_file(self, source: str | Path | BinaryIO, progress: Progress | None = None) -> Codes:
+    def encode_file(self, source: str | Path | BinaryIO, progress: Progress | None = None,
+                    allow_truncated: bool = False) -> Codes:
         """Encode a file; a path is read and resampled block by block, so memory does not grow
-        with its length (stdin and file objects are read whole)."""
+        with its length (stdin and file objects are read whole).
+
+        A file holding less audio than its header declares raises
+        ``bsqaudio.audio.TruncatedAudioError``; with ``allow_truncated=True`` its readable part is
+        encoded and a ``bsqaudio.audio.TruncatedAudioWarning`` is issued (``warnings``)."""
         rate = self.config.sample_rate
         if isinstance(source, (str, Path)) and str(source) != "-":
-            chunks, source_rate, channels = stream_mono(source, rate)
+            chunks, source_rate, channels = stream_mono(source, rate, allow_truncated=allow_truncated)
             expected = round(sf_frames(source) * rate / source_rate)
             return self.encode_stream(chunks, source_rate, channels, progress, expected)
-        wave, source_rate, channels = load_mono(source, rate)
+        wave, source_rate, channels = load_mono(source, rate, allow_truncated=allow_truncated)
         return self.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
 
     @torch.inference_mode()

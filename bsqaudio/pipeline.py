@@ -47,11 +47,13 @@ def failure_reason(source: Path, err: BaseException) -> str:
 
 class _WindowReader(IterableDataset):
     """Messages for the files of one worker: ('window', file, mel, gain) for each window, then
-    ('end', file, samples, rate, channels), or ('error', file, reason) where reading fails."""
+    ('end', file, samples, rate, channels, warning), or ('error', file, reason) where reading
+    fails; the warning is None, or the message of a truncated file kept (``allow_truncated``)."""
 
-    def __init__(self, sources: list[Path], frontend: MelFrontend) -> None:
+    def __init__(self, sources: list[Path], frontend: MelFrontend, allow_truncated: bool = False) -> None:
         self.sources = sources
         self.frontend = frontend
+        self.allow_truncated = allow_truncated
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
@@ -61,8 +63,11 @@ class _WindowReader(IterableDataset):
 
     def _read(self, index: int) -> Iterator[tuple]:
         source = self.sources[index]
+        notes: list[str] = []  # a worker's warnings would go to its own stderr: sent on instead
         try:
-            chunks, rate, channels = stream_mono(source, self.frontend.config.sample_rate)
+            chunks, rate, channels = stream_mono(source, self.frontend.config.sample_rate,
+                                                 allow_truncated=self.allow_truncated,
+                                                 on_truncated=notes.append)
             cutter = WindowCutter(self.frontend)
             for chunk in chunks:
                 yield from self._windows(index, cutter.feed(chunk))
@@ -70,7 +75,7 @@ class _WindowReader(IterableDataset):
         except Exception as err:  # reported by the main process; the next file goes on
             yield ("error", index, failure_reason(source, err))
             return
-        yield ("end", index, cutter.total, rate, channels)
+        yield ("end", index, cutter.total, rate, channels, "; ".join(notes) or None)
 
     def _windows(self, index: int, segments: list[torch.Tensor]) -> Iterator[tuple]:
         for segment in segments:
@@ -89,16 +94,20 @@ class _Open:
     """A file whose windows are in flight: codes arrive batch by batch, in window order."""
     gains: list[float] = field(default_factory=list)  # one per window read
     indices: list[torch.Tensor] = field(default_factory=list)  # one (1, patches) row per window encoded
-    end: tuple[int, int, int] | None = None  # (samples, rate, channels) once fully read
+    end: tuple[int, int, int, str | None] | None = None  # (samples, rate, channels, warning) once read
 
 
-def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
+def encode_sources(codec: Codec, sources: list[Path], workers: int = 0, allow_truncated: bool = False
                    ) -> Iterator[tuple[int, Codes | None, str | None]]:
-    """Encode ``sources``; yield ``(index, codes, None)`` for each file that encodes and
+    """Encode ``sources``; yield ``(index, codes, warning)`` for each file that encodes and
     ``(index, None, reason)`` for each that fails, in the order they finish.
 
-    ``workers`` reader processes (0: read in this process). Codes equal ``codec.encode_file``'s."""
-    loader = DataLoader(_WindowReader(sources, codec.frontend), batch_size=None, num_workers=workers,
+    A truncated file (``bsqaudio.audio.TruncatedAudioError``) fails; with ``allow_truncated``
+    its readable part is encoded and ``warning`` is the one-line message saying what is missing
+    (None for every complete file), returned rather than issued with ``warnings`` since it is
+    found in a reader process. ``workers`` reader processes (0: read in this process). Codes equal
+    ``codec.encode_file``'s."""
+    loader = DataLoader(_WindowReader(sources, codec.frontend, allow_truncated), batch_size=None, num_workers=workers,
                         worker_init_fn=_worker_init if workers else None,
                         prefetch_factor=max(2, codec.batch_size // max(1, workers)) if workers else None)
     open_files: dict[int, _Open] = {}
@@ -108,13 +117,13 @@ def encode_sources(codec: Codec, sources: list[Path], workers: int = 0
         state = open_files[index]
         return state.end is not None and len(state.indices) == len(state.gains)
 
-    def complete(index: int) -> tuple[int, Codes, None]:
+    def complete(index: int) -> tuple[int, Codes, str | None]:
         state = open_files.pop(index)
-        samples, rate, channels = state.end
+        samples, rate, channels, warning = state.end
         return index, codec.make_codes(torch.cat(state.indices), torch.tensor(state.gains), samples,
-                                       rate, channels), None
+                                       rate, channels), warning
 
-    def run_batch() -> Iterator[tuple[int, Codes, None]]:
+    def run_batch() -> Iterator[tuple[int, Codes, str | None]]:
         codes = codec.encode_mel(torch.stack([mel for _, mel in batch]))
         owners = [index for index, _ in batch]
         batch.clear()

@@ -16,10 +16,12 @@ test_streaming.py::test_very_short_audio_round_trips; bad .bsq files in test_fuz
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import warnings
@@ -35,7 +37,7 @@ from cli_inprocess import Result, run_in_process
 from conftest import make_signal
 
 import bsqaudio
-from bsqaudio import AudioBSQ, ModelConfig, load_bsq
+from bsqaudio import AudioBSQ, ModelConfig, audio, load_bsq
 from bsqaudio.audio import MelFrontend
 
 RATE = 16000
@@ -231,6 +233,58 @@ def make_good(ctx):
     return wav(ctx.inputs / "speech.wav", signal_2s())
 
 
+def make_fifo(ctx):
+    path = ctx.inputs / "stream.wav"
+    os.mkfifo(path)
+    return path
+
+
+def make_char_device(ctx):
+    """A node like /dev/zero (1, 5), made in the test's folder (never the machine's /dev)."""
+    path = ctx.inputs / "zero.wav"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    except (OSError, AttributeError) as err:
+        pytest.skip(f"cannot create a device node here ({err})")
+    return path
+
+
+def make_float64_huge(ctx):
+    data = signal_2s().astype(np.float64)
+    data[RATE // 3] = 1e300  # finite, but infinite once in float32
+    return wav(ctx.inputs / "huge64.wav", data, subtype="DOUBLE")
+
+
+def make_half_of(suffix: str, fmt: str, subtype: str):
+    def make(ctx):
+        path = wav(ctx.inputs / f"cut.{suffix}", make_signal(4.0, RATE), format=fmt, subtype=subtype)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path
+    return make
+
+
+def make_wav_claiming_twice(ctx):
+    path = wav(ctx.inputs / "long.wav", signal_2s(), subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at: at + 4] = (8 * RATE).to_bytes(4, "little")  # 4 s of 16-bit mono; 2 s are there
+    path.write_bytes(bytes(data))
+    return path
+
+
+def encode_stdin(data: bytes):
+    def run(ctx, source):
+        ctx.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        return ctx.encode("-")
+    return run
+
+
+def encode_stdin_past_limit(ctx, source):
+    ctx.monkeypatch.setattr(audio, "STDIN_LIMIT_BYTES", 1000)
+    return encode_stdin(source.read_bytes())(ctx, source)
+
+
 # Successes -----------------------------------------------------------------------------------------
 
 def make_single_sample(ctx):
@@ -389,6 +443,20 @@ CASES: dict[str, Case] = {
     "directory": Case(make_folder, error=("is a folder", "--out-dir")),
     "missing-path": Case(make_missing, error=("no such file",)),
     "no-read-permission": Case(make_unreadable, error=("permission denied",), marks=(not_as_root,)),
+    "FIFO": Case(make_fifo, error=("not a regular file (a named pipe)", "give - as the input")),
+    "character-device": Case(make_char_device, error=("not a regular file (a character device)",)),
+    "empty-stdin": Case(make_good, run=encode_stdin(b""), error=("empty input",), names=lambda ctx, _: "<stdin>"),
+    "stdin-past-limit": Case(make_good, run=encode_stdin_past_limit, error=("give the file's path instead",),
+                             names=lambda ctx, _: "<stdin>"),
+    "float64-1e300": Case(make_float64_huge, error=("samples reach 1e+300, far outside [-1, 1]",)),
+    "float32-max": Case(make_with(float(np.finfo(np.float32).max)), error=("samples reach 3.4e+38, far outside",)),
+    "int16-values-in-float": Case(make_with(32767.0 * 2), error=("far outside [-1, 1]", "32768 for 16-bit")),
+    "truncated-wav": Case(make_wav_claiming_twice, error=(
+        "truncated: header declares 4.00 s, only 2.00 s readable (--allow-truncated keeps the readable part)",)),
+    "truncated-flac": Case(make_half_of("flac", "FLAC", "PCM_16"),
+                           error=("truncated or damaged: decoding failed at", "--allow-truncated")),
+    "truncated-ogg": Case(make_half_of("ogg", "OGG", "VORBIS"),
+                          error=("truncated: the Ogg stream stops before its end-of-stream page", "--allow-truncated")),
     # Outputs that cannot be written: refused before any work, or removed when a write fails.
     "output-folder-not-writable": Case(make_good, run=encode_into_locked_folder,
                                        error=("not writable",), names=lambda ctx, _: str(ctx.out),
@@ -473,3 +541,21 @@ def test_in_process_runner_sees_what_a_terminal_sees(tmp_path):
     assert result.exit == 1
     assert "UserWarning: something odd" in result.stderr
     assert "Traceback" in result.stderr and "ValueError: boom" in result.stderr
+
+
+def test_batch_names_the_input_with_samples_past_full_scale(tmp_path, tiny_model_dir):
+    """Float32-max samples made an infinite window gain, which batch mode reported as a failure to
+    write the output file; the input is refused and named instead."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    good = wav(folder / "good.wav", signal_2s())
+    data = signal_2s()
+    data[100] = np.finfo(np.float32).max
+    loud = wav(folder / "loud.wav", data)
+    result = run_in_process("encode", folder, "--out-dir", out, "--model", tiny_model_dir, "--device", "cpu",
+                            "--workers", "0", "--quiet")
+    assert result.exit == 1 and "Traceback" not in result.stderr, result
+    failed = [line for line in result.stderr.splitlines() if "loud" in line]
+    assert len(failed) == 1 and f"{loud}: samples reach 3.4e+38, far outside [-1, 1]" in failed[0], result.stderr
+    assert "gain" not in result.stderr and str(out) not in failed[0]
+    assert sorted(p.name for p in out.iterdir()) == [good.with_suffix(".bsq").name]
