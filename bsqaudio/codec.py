@@ -1,22 +1,26 @@
 """Inference: waveform -> Codes -> waveform, the public Python API behind the CLI.
 
-Windows are batched through the model under ``torch.inference_mode()``: float32 on CPU (bf16
-matmul is very slow there), bf16 autocast on CUDA. On CPU the same input gives the same codes on
-every run.
+Windows are batched through the model under ``torch.inference_mode()``, but the Codes and audio
+returned are ordinary tensors. float32 on CPU (bf16 matmul is very slow there), bf16 autocast on
+CUDA. On CPU the same input gives the same codes on every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
 from bsqaudio.audio import (
     GRIFFIN_LIM_ITERATIONS,
     MelFrontend,
+    check_peak,
     load_mono,
     resample,
     resample_stream,
@@ -69,23 +73,15 @@ class Codec:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def encode(self, waveform: torch.Tensor, sample_rate: int, source_channels: int | None = None,
+    def encode(self, waveform: torch.Tensor | np.ndarray, sample_rate: int, source_channels: int | None = None,
                progress: Progress | None = None) -> Codes:
-        """(T,) or (C, T) audio at ``sample_rate`` -> Codes."""
-        wave = torch.as_tensor(waveform, dtype=torch.float32)
-        if wave.dim() == 2:
-            channels = wave.shape[0]
-            wave = wave.mean(0)
-        elif wave.dim() == 1:
-            channels = 1
-        else:
-            raise BsqAudioError("waveform must be (T,) or (C, T)")
-        if wave.numel() == 0:
-            raise BsqAudioError("audio is empty")
-        if not torch.isfinite(wave).all():
-            raise BsqAudioError("audio contains NaN or infinite samples")
-        wave = resample(wave, sample_rate, self.config.sample_rate)
-        return self.encode_stream([wave], sample_rate, source_channels or channels, progress,
+        """Audio at ``sample_rate`` -> Codes: (T,) or (C, T), float in [-1, 1] or integer PCM
+        (see ``as_mono``)."""
+        wave, channels = as_mono(waveform)
+        if not (isinstance(sample_rate, numbers.Integral) and sample_rate > 0):
+            raise BsqAudioError(f"sample_rate must be a positive whole number of Hz, not {sample_rate!r}")
+        wave = resample(wave, int(sample_rate), self.config.sample_rate)
+        return self.encode_stream([wave], int(sample_rate), source_channels or channels, progress,
                                   expected_samples=wave.shape[0])
 
     def encode_file(self, source: str | Path | BinaryIO, progress: Progress | None = None,
@@ -104,7 +100,6 @@ class Codec:
         wave, source_rate, channels = load_mono(source, rate, allow_truncated=allow_truncated)
         return self.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
 
-    @torch.inference_mode()
     def encode_stream(self, chunks: Iterable[torch.Tensor], source_rate: int, source_channels: int,
                       progress: Progress | None = None, expected_samples: int | None = None) -> Codes:
         """(T,) chunks of audio at the model's rate -> Codes, holding only a batch of windows.
@@ -132,11 +127,15 @@ class Codec:
                 if len(pending) == self.batch_size:
                     run()
 
-        for chunk in chunks:
-            take(cutter.feed(chunk))
-        take(cutter.finish())
-        if pending:
-            run()
+        # Analysis under inference mode (measured 15 % faster than with autograd's bookkeeping,
+        # on the front-end alone); the Codes are built outside it, so they hold ordinary tensors
+        # that a caller can edit in place.
+        with torch.inference_mode():
+            for chunk in chunks:
+                take(cutter.feed(chunk))
+            take(cutter.finish())
+            if pending:
+                run()
         return self.make_codes(torch.cat(indices), torch.tensor(gains), cutter.total, source_rate,
                                source_channels)
 
@@ -235,6 +234,55 @@ class Codec:
                progress: Progress | None = None) -> torch.Tensor:
         """Codes -> (T,) float32 audio at ``sample_rate`` (the model's rate by default)."""
         return torch.cat(list(self.decode_stream(codes, sample_rate, progress)))
+
+
+# Integer sample types taken as PCM -> (offset, full scale): x -> (x - offset) / scale in [-1, 1).
+# What soundfile (dtype="int16"/"int32"), scipy.io.wavfile (uint8 for 8-bit) and torchaudio
+# return; other integer types (int64: a Python list of ints) have no known full scale.
+PCM_SCALES = {torch.int8: (0, 2**7), torch.uint8: (2**7, 2**7), torch.int16: (0, 2**15), torch.int32: (0, 2**31)}
+
+# More channels than this is no recording: an array in another layout, or the wrong array.
+MAX_CHANNELS = 64
+# soundfile's (T, C) layout is recognized (and transposed) for up to this many channels.
+MAX_CHANNELS_LAST = 16
+
+
+def as_mono(waveform: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
+    """Audio given to the Python API -> ((T,) float32 downmix, channels), checked.
+
+    (T,) is mono and (C, T) channels-first, the documented layout. A 2-D array whose second
+    dimension is at most 16 and shorter than its first is soundfile's (T, C) (what ``sf.read``
+    returns; read as (C, T), a 2 s stereo file was 88200 "channels" of 2 samples); any other is
+    (C, T), refused past 64 channels. Integer PCM is scaled by ``PCM_SCALES`` (int16 taken as
+    floats was a gain of 90 dB); samples far past full scale are refused
+    (``bsqaudio.audio.check_peak``)."""
+    try:
+        wave = torch.as_tensor(waveform).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BsqAudioError(f"waveform must be an array of samples, not {type(waveform).__name__} ({err})") from None
+    if wave.dim() not in (1, 2):
+        raise BsqAudioError(f"waveform of shape {tuple(wave.shape)}: expected (T,) or (C, T)")
+    if wave.numel() == 0:
+        raise BsqAudioError("audio is empty")
+    if wave.dim() == 1:
+        wave = wave[None]
+    elif wave.shape[1] <= MAX_CHANNELS_LAST and wave.shape[1] < wave.shape[0]:
+        wave = wave.T  # soundfile's (T, C)
+    elif not wave.shape[0] <= MAX_CHANNELS:
+        raise BsqAudioError(
+            f"waveform of shape {tuple(wave.shape)}: expected (T,) or (C, T) with at most "
+            f"{MAX_CHANNELS} channels (or soundfile's (T, C) with at most {MAX_CHANNELS_LAST})")
+    if wave.dtype in PCM_SCALES:
+        offset, scale = PCM_SCALES[wave.dtype]
+        wave = (wave.float() - offset) / scale
+    elif not wave.dtype.is_floating_point:
+        raise BsqAudioError(f"samples of type {str(wave.dtype).removeprefix('torch.')}: give float samples "
+                            "in [-1, 1] or integer PCM as int8, uint8, int16 or int32")
+    peak = float(wave.abs().max())
+    if not math.isfinite(peak):
+        raise BsqAudioError("audio contains NaN or infinite samples")
+    check_peak("audio", peak)
+    return wave.float().mean(0), wave.shape[0]
 
 
 class WindowCutter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,12 +145,65 @@ def test_codes_with_other_settings_are_refused(tiny_codec):
 
 @pytest.mark.parametrize("wave,message", [
     (torch.zeros(0), "empty"),
+    (torch.zeros(2, 0), "empty"),
     (torch.tensor([0.0, float("nan"), 0.0] * 100), "NaN"),
     (torch.zeros(1, 2, 100), r"\(T,\) or \(C, T\)"),
+    # Neither (C, T) with at most 64 channels nor soundfile's (T, C) with at most 16.
+    (torch.zeros(100, 20000), r"shape \(100, 20000\): expected \(T,\) or \(C, T\) with at most 64 channels"),
+    (torch.zeros(20000, 100), r"shape \(20000, 100\)"),
+    (torch.full((1000,), 3e4), r"samples reach 3e\+04, far outside \[-1, 1\]"),
+    (torch.zeros(1000, dtype=torch.int64), "samples of type int64: give float samples"),
+    (np.zeros(1000, dtype=np.uint16), "samples of type uint16"),
+    (torch.zeros(1000, dtype=torch.bool), "samples of type bool"),
+    (torch.zeros(1000, dtype=torch.complex64), "samples of type complex64"),
+    ("not audio", "waveform must be an array of samples"),
 ])
 def test_bad_waveforms(tiny_codec, wave, message):
     with pytest.raises(BsqAudioError, match=message):
         tiny_codec.encode(wave, RATE)
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 16000.5, "16000"])
+def test_bad_sample_rates(tiny_codec, rate):
+    with pytest.raises(BsqAudioError, match="sample_rate must be a positive whole number of Hz"):
+        tiny_codec.encode(torch.zeros(1000), rate)
+
+
+def test_soundfile_layout_is_recognized(tiny_codec, wav_writer):
+    """``sf.read`` of a stereo file gives (T, 2): it was taken as 88200 channels of 2 samples."""
+    import soundfile as sf
+
+    data, rate = sf.read(wav_writer("stereo.wav", 1.3, rate=44100, channels=2), dtype="float32")
+    assert data.shape == (57330, 2)
+    codes = tiny_codec.encode(data, rate)
+    assert codes.header["source_channels"] == 2 and codes.num_samples == round(1.3 * RATE)
+    same = tiny_codec.encode(torch.from_numpy(data.T.copy()), rate)
+    assert torch.equal(codes.indices, same.indices) and codes.header == same.header
+
+
+@pytest.mark.parametrize(("dtype", "scale", "offset"), [
+    (np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.int8, 2**7, 0), (np.uint8, 2**7, 2**7)])
+def test_integer_pcm_is_scaled(tiny_codec, dtype, scale, offset):
+    """int16 samples taken as floats were a 90 dB gain (decoded peak 23199); they are PCM."""
+    wave = signal(1.0).numpy()
+    pcm = np.round(wave * (scale - 1) + offset).astype(dtype)
+    codes = tiny_codec.encode(pcm, RATE)
+    as_float = tiny_codec.encode(torch.from_numpy((pcm.astype(np.float64) - offset) / scale).float(), RATE)
+    assert torch.equal(codes.indices, as_float.indices)
+    torch.testing.assert_close(codes.gains_db, as_float.gains_db)
+    assert abs(codes.gains_db.max().item() - tiny_codec.encode(wave, RATE).gains_db.max().item()) < 0.5
+    assert tiny_codec.encode(torch.from_numpy(pcm), RATE).header == codes.header  # a tensor as well
+
+
+def test_codes_and_audio_are_ordinary_tensors(tiny_codec, wav_writer):
+    """Codes held inference-mode tensors: editing one raised "Inplace update to inference tensor"."""
+    for codes in (tiny_codec.encode(signal(1.0), RATE), tiny_codec.encode_file(wav_writer("a.wav", 1.0))):
+        assert not codes.indices.is_inference() and not codes.gains_db.is_inference()
+        codes.indices[0, 0] = 1
+        codes.gains_db += 1.0
+        audio = tiny_codec.decode(codes)
+        assert not audio.is_inference()
+        audio *= 0.5
 
 
 # -- silence fill -------------------------------------------------------------------------------
