@@ -60,11 +60,16 @@ RESAMPLE_QUALITY = "HQ"
 # path are read block by block and have no limit.
 STDIN_LIMIT_BYTES = 4 * 2**30
 
-# Samples whose magnitude passes this are refused: 80 dB above full scale is no recording, but
-# integer PCM stored as float (peak 32767) or a mis-scaled export, and float32-max samples overflow
-# the mel power to infinity. Up to it, the per-window gain codes any level (float WAVs past +-1
-# encode; the decoder writes them clipped).
+# Samples past this (80 dB above full scale) are refused: no recording is that loud, they are
+# integer PCM stored as float (peak 32767), a mis-scaled export, or float32-max values that
+# overflow the mel power to infinity. Below it the per-window gain codes any level (float WAVs
+# past +-1 encode; the decoder writes them clipped).
 MAX_ABS_SAMPLE = 1e4
+
+# Input and output rates outside this range are refused: a header may claim any rate, and
+# resampling 1 s of 16 kHz audio labelled 1 Hz gave 256 million samples (4.4 hours to encode)
+# and a 248 MiB filter.
+MIN_RATE, MAX_RATE = 1000, 384000
 
 # Read blocks hold at most this many samples (all channels): a header may claim up to 1024
 # channels at any rate.
@@ -141,6 +146,9 @@ def read_blocks(source: str | Path | BinaryIO, block_seconds: float = 20.0, allo
     ``on_truncated``, or else is issued as a ``TruncatedAudioWarning``."""
     handle, name, raw = open_audio(source)
     rate, channels = int(handle.samplerate), int(handle.channels)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        handle.close()
+        raise BsqAudioError(f"{name}: sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
 
     def truncated(what: str) -> None:
         if not allow_truncated:

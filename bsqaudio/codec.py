@@ -19,6 +19,8 @@ import torch
 
 from bsqaudio.audio import (
     GRIFFIN_LIM_ITERATIONS,
+    MAX_RATE,
+    MIN_RATE,
     MelFrontend,
     check_peak,
     load_mono,
@@ -78,8 +80,9 @@ class Codec:
         """Audio at ``sample_rate`` -> Codes: (T,) or (C, T), float in [-1, 1] or integer PCM
         (see ``as_mono``)."""
         wave, channels = as_mono(waveform)
-        if not (isinstance(sample_rate, numbers.Integral) and sample_rate > 0):
-            raise BsqAudioError(f"sample_rate must be a positive whole number of Hz, not {sample_rate!r}")
+        if not (isinstance(sample_rate, numbers.Integral) and MIN_RATE <= sample_rate <= MAX_RATE):
+            raise BsqAudioError(f"sample_rate must be a whole number of Hz in {MIN_RATE}-{MAX_RATE}, "
+                                f"not {sample_rate!r}")
         wave = resample(wave, int(sample_rate), self.config.sample_rate)
         return self.encode_stream([wave], int(sample_rate), source_channels or channels, progress,
                                   expected_samples=wave.shape[0])
@@ -344,21 +347,21 @@ def _exact_length(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch
 
 def resolve_rate(codes: Codes | None, rate: str) -> int:
     """An output rate from 'model', 'source' (the rate recorded in the file) or a number of Hz,
-    checked to lie in 1000-384000 Hz: the header is untrusted input, never allocate from it
+    checked to lie in MIN_RATE-MAX_RATE: the header is untrusted input, never allocate from it
     unchecked."""
     if rate == "model" and codes is not None:
         return codes.sample_rate
     if rate == "source" and codes is not None:
         value = codes.header["source_sample_rate"]
-        if not 1000 <= value <= 384000:
-            raise BsqAudioError(f"the file's source rate {value} Hz is outside 1000-384000 Hz; "
+        if not MIN_RATE <= value <= MAX_RATE:
+            raise BsqAudioError(f"the file's source rate {value} Hz is outside {MIN_RATE}-{MAX_RATE} Hz; "
                                 "pass --rate in Hz")
         return value
     try:
         value = int(rate)
     except ValueError:
         value = 0
-    if not 1000 <= value <= 384000:
+    if not MIN_RATE <= value <= MAX_RATE:
         raise BsqAudioError(f"--rate must be 'model', 'source' or a rate in Hz, not {rate!r}")
     return value
 

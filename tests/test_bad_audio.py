@@ -451,6 +451,8 @@ CASES: dict[str, Case] = {
     "float64-1e300": Case(make_float64_huge, error=("samples reach 1e+300, far outside [-1, 1]",)),
     "float32-max": Case(make_with(float(np.finfo(np.float32).max)), error=("samples reach 3.4e+38, far outside",)),
     "int16-values-in-float": Case(make_with(32767.0 * 2), error=("far outside [-1, 1]", "32768 for 16-bit")),
+    "rate-1-Hz": Case(lambda ctx: wav(ctx.inputs / "slow.wav", signal_2s(), rate=1, subtype="PCM_16"),
+                      error=("sample rate 1 Hz is outside 1000-384000 Hz",)),
     "truncated-wav": Case(make_wav_claiming_twice, error=(
         "truncated: header declares 4.00 s, only 2.00 s readable (--allow-truncated keeps the readable part)",)),
     "truncated-flac": Case(make_half_of("flac", "FLAC", "PCM_16"),
