@@ -46,9 +46,10 @@ FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_INT = 2**63 - 1  # integer fields fit in an int64
 # Codes in one file: 256 MiB once decoded to int64, about 186 hours at the real models' 50 tokens
-# a second. The largest file this allows is about 365 MB (L = 63, 2 bytes of gain per window of one
-# code); MAX_BSQ_BYTES caps any read, of a path or a stream, whatever its header says.
+# a second. The largest valid file is then 320 MiB (L = 63 and one code a window: 8 bytes of codes
+# and 2 of gain each); MAX_BSQ_BYTES caps any read, of a path or a stream, whatever its header says.
 MAX_CODES = 1 << 25
+MAX_BSQ_BYTES = 512 << 20
 # Window gains (a window's peak mel power, dB) that make sense to synthesize: real encodes give
 # -20 dB (the silence floor, bsqaudio.audio.GAIN_FLOOR_DB) to about +45 dB (full-scale DC or a
 # full-scale 7 kHz sine; white noise 34, a full-scale square 43); float audio past full scale goes
@@ -56,7 +57,6 @@ MAX_CODES = 1 << 25
 # overflows float32 (+385 dB). The format itself stores any finite float16 (the frozen
 # tests/data/format-*.bsq files hold +-65504), so this is checked before synthesis, by check_gains.
 MAX_GAIN_DB = 100.0
-MAX_BSQ_BYTES = 512 << 20
 _PREAMBLE = struct.Struct("<4sBI")
 
 # Header field -> type. Every field is required; unknown fields are rejected.
@@ -181,12 +181,16 @@ def pack_codes(indices: np.ndarray, code_bits: int) -> bytes:
     return np.packbits(bits.reshape(-1)).tobytes()
 
 
-def unpack_codes(payload: bytes, count: int, code_bits: int) -> np.ndarray:
-    """The inverse of ``pack_codes`` -> (count,) int64."""
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * code_bits]
-    bits = bits.reshape(count, code_bits).astype(np.uint64)
+def unpack_codes(payload: bytes | np.ndarray, count: int, code_bits: int) -> np.ndarray:
+    """The inverse of ``pack_codes`` -> (count,) int64. Given a 2-D uint8 array instead, one
+    packed window a row (padding bits after its codes), -> (rows, count): read_bsq decodes many
+    windows a call, since a Python loop over windows made a file of tiny windows slow to read."""
+    rows = payload if isinstance(payload, np.ndarray) else np.frombuffer(payload, np.uint8)[None]
+    bits = np.unpackbits(rows, axis=1)[:, : count * code_bits]
+    bits = bits.reshape(rows.shape[0], count, code_bits).astype(np.uint64)
     shifts = np.arange(code_bits - 1, -1, -1, dtype=np.uint64)
-    return (bits << shifts).sum(axis=1, dtype=np.uint64).astype(np.int64)
+    out = (bits << shifts).sum(axis=2, dtype=np.uint64).astype(np.int64)
+    return out if isinstance(payload, np.ndarray) else out[0]
 
 
 def _printable(name: str, limit: int = 40) -> str:
@@ -328,18 +332,27 @@ def read_bsq(data: bytes) -> Codes:
             f"corrupt .bsq file: size is {len(data)} bytes, the header implies {expected}"
         )
     freq = header["n_mels"] // header["patch_freq"]
-    rows_per_window = header["window_frames"] // header["patch_time"]
+    per_window = header["window_frames"] // header["patch_time"]
     bits = header["code_bits"]
     offset = _PREAMBLE.size + header_len
     gains = np.empty(header["num_windows"], dtype=np.float32)
     chunks = []
-    for w in range(header["num_windows"]):
-        rows = min(rows_per_window, header["num_rows"] - w * rows_per_window)
-        gains[w] = np.frombuffer(data, dtype="<f2", count=1, offset=offset)[0]
-        offset += 2
-        size = payload_bytes(rows, freq, bits)
-        chunks.append(unpack_codes(data[offset: offset + size], rows * freq, bits))
-        offset += size
+    # Every window but the last has the same layout (gain, then its codes padded to whole bytes):
+    # decode them as rows of a 2-D array, ~64 KiB at a time so temporaries stay small.
+    full = header["num_windows"] - 1
+    stride = 2 + payload_bytes(per_window, freq, bits)
+    step = max(1, (64 << 10) // stride)
+    for first in range(0, full, step):
+        n = min(step, full - first)
+        block = np.frombuffer(data, np.uint8, count=n * stride, offset=offset + first * stride)
+        block = block.reshape(n, stride)
+        gains[first: first + n] = block[:, :2].copy().view("<f2")[:, 0]
+        chunks.append(unpack_codes(block[:, 2:], per_window * freq, bits).reshape(-1))
+    offset += full * stride
+    rows = header["num_rows"] - full * per_window
+    gains[full] = np.frombuffer(data, dtype="<f2", count=1, offset=offset)[0]
+    offset += 2
+    chunks.append(unpack_codes(data[offset: offset + payload_bytes(rows, freq, bits)], rows * freq, bits))
     if not np.isfinite(gains).all():
         raise BsqAudioError("corrupt .bsq file: a window gain is not finite")
     indices = torch.from_numpy(np.concatenate(chunks).reshape(header["num_rows"], freq))
