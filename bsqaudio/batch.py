@@ -157,9 +157,11 @@ def jsonl_output(path: Path | None, resume: bool) -> Iterator[tuple[JsonlSink, s
 
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
                 jsonl: tuple[JsonlSink, set[str]] | None = None, skip_existing: bool = False,
-                on_event: Callable[[str, Job, str], None] | None = None, workers: int = 0) -> Summary:
+                on_event: Callable[[str, Job, str], None] | None = None, workers: int = 0,
+                allow_truncated: bool = False) -> Summary:
     """Encode every job, to files under ``out_dir`` or as records into ``jsonl`` (a sink and the
-    paths it already holds); ``on_event(kind, job, detail)`` hears 'failed'.
+    paths it already holds); ``on_event(kind, job, detail)`` hears 'failed' and 'warning' (a
+    truncated file kept with ``allow_truncated``; without it, a truncated file fails).
 
     ``workers`` reader processes decode files while the model encodes windows packed from many
     files (see ``bsqaudio.pipeline``); outputs are written as each file completes."""
@@ -170,11 +172,13 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
         return output_path(out_dir, job, fmt) if sink is None else None
 
     todo = [job for job in jobs if not tally.already_done(job, target_of(job), skip_existing, recorded)]
-    for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers):
+    for index, codes, reason in encode_sources(codec, [job.source for job in todo], workers, allow_truncated):
         job = todo[index]
         if codes is None:
             tally.failed(job, reason)
             continue
+        if reason is not None and on_event:
+            on_event("warning", job, reason)
         target = target_of(job)
         try:
             if target is not None:

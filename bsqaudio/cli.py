@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -42,6 +43,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (tag, branch or commit).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+AllowTruncatedOpt = Annotated[bool, typer.Option(
+    "--allow-truncated", help="Encode the readable part of a truncated file (with a warning) instead of failing.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
@@ -268,8 +271,22 @@ def finish_batch(summary, errors: Path | None) -> None:
 
 
 def report_event(kind: str, job, detail: str) -> None:
-    if kind == "failed":
-        err_console.print(f"bsqaudio: failed {detail}", highlight=False, markup=False, soft_wrap=True)
+    """'failed' and 'warning' events of a batch run, one line each on stderr."""
+    word = "failed" if kind == "failed" else "warning:"
+    err_console.print(f"bsqaudio: {word} {detail}", highlight=False, markup=False, soft_wrap=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (a truncated file kept) as one line, like errors; others as Python shows them."""
+    from bsqaudio.audio import TruncatedAudioWarning
+
+    if issubclass(category, TruncatedAudioWarning):
+        err_console.print(f"bsqaudio: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
 
 
 @app.command(epilog="Examples:\n\n  bsqaudio encode song.wav -o song.bsq\n\n"
@@ -287,6 +304,7 @@ def encode(
     errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, workers: WorkersOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
+    allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
     from bsqaudio import batch
@@ -304,7 +322,7 @@ def encode(
         check_output(output, force)
         codec = load_codec(model, revision, rank_device(device), batch_size)
         with progress_bar(not quiet, "encoding") as progress:
-            codes = codec.encode_file(sources[0], progress=progress)
+            codes = codec.encode_file(sources[0], progress=progress, allow_truncated=allow_truncated)
         job = Job(Path(sources[0]), Path(sources[0]))
         payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: batch.npy_bytes(codes),
                    "jsonl": lambda: (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode()}[fmt]()
@@ -339,9 +357,11 @@ def encode(
         torch.multiprocessing.set_sharing_strategy("file_system")
     if fmt == "jsonl":
         with batch.jsonl_output(jsonl_path, resume=skip_existing) as jsonl:
-            summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, report_event, workers)
+            summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, report_event, workers,
+                                        allow_truncated)
     else:
-        summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, report_event, workers)
+        summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, report_event, workers,
+                                    allow_truncated)
     finish_batch(summary, errors)
 
 
@@ -428,6 +448,7 @@ def roundtrip(
     plot: Annotated[Optional[Path], typer.Option(help="PNG of input and output spectrograms.")] = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+    allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Encode then decode, to hear (and see) what the codec keeps."""
     from bsqaudio.audio import load_mono, write_audio_stream
@@ -440,9 +461,9 @@ def roundtrip(
     wave = None
     with progress_bar(not quiet, "encoding") as progress:
         if plot is None:  # streamed: memory does not grow with the input's length
-            codes = codec.encode_file(source, progress=progress)
+            codes = codec.encode_file(source, progress=progress, allow_truncated=allow_truncated)
         else:  # the plot needs the input signal itself
-            wave, source_rate, channels = load_mono(source, codec.config.sample_rate)
+            wave, source_rate, channels = load_mono(source, codec.config.sample_rate, allow_truncated)
             codes = codec.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
     sample_rate = output_rate(codes, rate)
     with progress_bar(not quiet, "decoding") as progress:
@@ -765,6 +786,7 @@ def run() -> None:
         sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     _MAIN_PID["pid"] = os.getpid()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    warnings.showwarning = show_warning
     try:
         app()
     except BsqAudioError as err:
@@ -784,5 +806,6 @@ def run() -> None:
         sys.stderr.close()
         sys.exit(1)
     finally:
+        warnings.showwarning = _show_warning
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import soundfile as sf
@@ -67,3 +68,38 @@ def test_binary_output_is_not_written_to_a_terminal(monkeypatch):
     with pytest.raises(BsqAudioError, match="to a terminal"):
         cli.check_audio_output("-")
     cli.check_token_output("-", "jsonl")  # text is fine
+
+
+def truncated_wav(folder, name="cut.wav"):
+    """A WAV whose header declares 2 s but whose data stops after about 1 s."""
+    path = write_wav(folder / name, 2.0, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_truncated_file_fails_unless_allowed(tmp_path, tiny_model_dir):
+    cut = truncated_wav(tmp_path)
+    result = run_in_process("encode", cut, "-o", tmp_path / "cut.bsq", "--model", tiny_model_dir)
+    assert result.exit == 1 and "truncated" in result.stderr and "--allow-truncated" in result.stderr
+    assert not (tmp_path / "cut.bsq").exists()
+    result = run_in_process("encode", cut, "-o", tmp_path / "cut.bsq", "--allow-truncated", "--model", tiny_model_dir)
+    assert result.exit == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("bsqaudio: warning:")]
+    assert "Warning" not in result.stderr.replace("bsqaudio: warning:", "")  # one line, not Python's form
+
+
+def test_a_truncated_file_in_a_batch_is_an_error_record(tmp_path, tiny_model_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_wav(folder / "good.wav", 1.0)
+    truncated_wav(folder)
+    errors = tmp_path / "errors.jsonl"
+    result = run_in_process("encode", folder, "--out-dir", tmp_path / "out", "--errors", errors,
+                            "--model", tiny_model_dir, "--workers", "0")
+    assert result.exit == 1 and "1 done, 0 skipped, 1 failed" in result.stderr
+    [record] = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert record["path"].endswith("cut.wav") and "truncated" in record["error"]
+    result = run_in_process("encode", folder, "--out-dir", tmp_path / "out2", "--allow-truncated",
+                            "--model", tiny_model_dir, "--workers", "0")
+    assert result.exit == 0 and "2 done" in result.stderr and "bsqaudio: warning:" in result.stderr
