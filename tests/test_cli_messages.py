@@ -7,11 +7,11 @@ import json
 
 import pytest
 import soundfile as sf
+from cli_inprocess import run_in_process
+from conftest import write_wav
 
 from bsqaudio import cli
 from bsqaudio.errors import BsqAudioError
-from cli_inprocess import run_in_process
-from conftest import write_wav
 
 
 @pytest.fixture
