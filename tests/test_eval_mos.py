@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_inprocess import run_in_process
 
 from bsqaudio.metrics import mos_available
-from cli_inprocess import run_in_process
 
 SPEECH = Path(__file__).parent.parent / "examples" / "speech_en.wav"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from cli_inprocess import run_in_process
 
 COMMANDS = ("encode", "tokens", "decode", "roundtrip", "info", "train", "eval", "export")
