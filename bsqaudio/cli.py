@@ -342,9 +342,10 @@ def encode(
     errors = rank_file(errors) if errors is not None else None
     if errors is not None:
         check_output(str(errors), force=True)
-    jobs, targets = batch_jobs(sources, from_, recursive, glob, shard, out_dir if fmt != "jsonl" else None, fmt)
-    if targets is not None:
+    if out_dir is not None:
         prepare_out_dir(out_dir)
+    jobs, targets = batch_jobs(sources, from_, recursive, glob, shard, out_dir, fmt)
+    if targets is not None:
         check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size)
     workers = default_workers() if workers is None else workers
@@ -432,8 +433,8 @@ def decode(
     errors = rank_file(errors) if errors is not None else None
     if errors is not None:
         check_output(str(errors), force=True)
-    jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
     prepare_out_dir(out_dir)
+    jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
     check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size)
     summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, report_event)
