@@ -63,7 +63,7 @@ def jsonl_record(job: Job, codes: Codes) -> dict:
 class _Tally:
     """Counts and error records of a batch run, shared by both directions."""
 
-    def __init__(self, on_event: Callable[[str, Job, str], None] | None) -> None:
+    def __init__(self, on_event: Callable[..., None] | None) -> None:
         self.summary = Summary()
         self.on_event = on_event
         self.start = time.time()
@@ -76,6 +76,8 @@ class _Tally:
         if not (str(job.source) in recorded if target is None else target.exists()):
             return False
         self.summary.skipped += 1
+        if self.on_event:
+            self.on_event("skipped", job, str(target or ""))
         return True
 
     def failed(self, job: Job, reason: str) -> None:
@@ -84,10 +86,12 @@ class _Tally:
         if self.on_event:
             self.on_event("failed", job, reason)
 
-    def done(self, job: Job, codes: Codes) -> None:
+    def done(self, job: Job, codes: Codes, target: Path | None) -> None:
         self.summary.done += 1
         self.summary.seconds_of_audio += codes.duration
         self.summary.tokens += codes.indices.numel()
+        if self.on_event:
+            self.on_event("done", job, str(target or "jsonl"), seconds=codes.duration)
 
     def finish(self) -> Summary:
         self.summary.wall_s = time.time() - self.start
@@ -157,11 +161,12 @@ def jsonl_output(path: Path | None, resume: bool) -> Iterator[tuple[JsonlSink, s
 
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
                 jsonl: tuple[JsonlSink, set[str]] | None = None, skip_existing: bool = False,
-                on_event: Callable[[str, Job, str], None] | None = None, workers: int = 0,
+                on_event: Callable[..., None] | None = None, workers: int = 0,
                 allow_truncated: bool = False) -> Summary:
     """Encode every job, to files under ``out_dir`` or as records into ``jsonl`` (a sink and the
-    paths it already holds); ``on_event(kind, job, detail)`` hears 'failed' and 'warning' (a
-    truncated file kept with ``allow_truncated``; without it, a truncated file fails).
+    paths it already holds). ``on_event(kind, job, detail, seconds=...)`` hears 'done' (with the
+    audio's seconds), 'skipped', 'failed' and 'warning' (a truncated file kept with
+    ``allow_truncated``; without it, a truncated file fails): see ``bsqaudio.batch_progress``.
 
     ``workers`` reader processes decode files while the model encodes windows packed from many
     files (see ``bsqaudio.pipeline``); outputs are written as each file completes."""
@@ -189,13 +194,13 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
         except (OSError, BsqAudioError) as err:
             tally.failed(job, failure_reason(target or job.source, err))
             continue
-        tally.done(job, codes)
+        tally.done(job, codes, target)
     return tally.finish()
 
 
 def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: str,
                 skip_existing: bool = False,
-                on_event: Callable[[str, Job, str], None] | None = None) -> Summary:
+                on_event: Callable[..., None] | None = None) -> Summary:
     """Decode .bsq jobs to audio files under ``out_dir`` with the same error handling."""
     from bsqaudio.audio import write_audio_stream
 
@@ -212,7 +217,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
         except Exception as err:  # one bad file must not end a batch of 100k
             tally.failed(job, failure_reason(job.source, err))
             continue
-        tally.done(job, codes)
+        tally.done(job, codes, target)
     return tally.finish()
 
 

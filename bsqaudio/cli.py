@@ -45,7 +45,8 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 AllowTruncatedOpt = Annotated[bool, typer.Option(
     "--allow-truncated", help="Encode the readable part of a truncated file (with a warning) instead of failing.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress (failures and the summary still show).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="A line per file in batch mode.")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Reader processes for many files (0: read in the main process) [default: CPU cores - 2, at least 0].",
@@ -270,10 +271,11 @@ def finish_batch(summary, errors: Path | None) -> None:
         err_console.print(f"all {world} ranks: {summary_line(total)}", highlight=False, soft_wrap=True)
 
 
-def report_event(kind: str, job, detail: str) -> None:
-    """'failed' and 'warning' events of a batch run, one line each on stderr."""
-    word = "failed" if kind == "failed" else "warning:"
-    err_console.print(f"bsqaudio: {word} {detail}", highlight=False, markup=False, soft_wrap=True)
+def batch_progress(jobs: list, quiet: bool, verbose: bool):
+    from bsqaudio.batch_progress import BatchProgress
+
+    prefix = f"[rank {os.environ.get('RANK', '0')}] " if torchrun_world() > 1 else ""
+    return BatchProgress(err_console, [job.source for job in jobs], quiet, verbose, prefix)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -304,7 +306,7 @@ def encode(
     errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, workers: WorkersOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
-    allow_truncated: AllowTruncatedOpt = False,
+    verbose: VerboseOpt = False, allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
     from bsqaudio import batch
@@ -356,13 +358,14 @@ def encode(
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy("file_system")
-    if fmt == "jsonl":
-        with batch.jsonl_output(jsonl_path, resume=skip_existing) as jsonl:
-            summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, report_event, workers,
+    with batch_progress(jobs, quiet, verbose) as progress:
+        if fmt == "jsonl":
+            with batch.jsonl_output(jsonl_path, resume=skip_existing) as jsonl:
+                summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, progress, workers,
+                                            allow_truncated)
+        else:
+            summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, progress, workers,
                                         allow_truncated)
-    else:
-        summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, report_event, workers,
-                                    allow_truncated)
     finish_batch(summary, errors)
 
 
@@ -402,7 +405,7 @@ def decode(
     recursive: RecursiveOpt = True, skip_existing: SkipOpt = False, errors: ErrorsOpt = None,
     shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Turn .bsq files back into audio: one into a file, or many into a folder."""
     from bsqaudio import batch
@@ -437,7 +440,8 @@ def decode(
     jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
     check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size)
-    summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, report_event)
+    with batch_progress(jobs, quiet, verbose) as progress:
+        summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, progress)
     finish_batch(summary, errors)
 
 

@@ -161,20 +161,20 @@ def test_jsonl_output_is_written_whole_or_not_at_all(corpus, tiny_model_dir, tmp
     real = batch.encode_many
 
     class Interrupting:
-        def __init__(self, handle):
-            self.handle, self.lines = handle, 0
+        """The run's jsonl sink, interrupted as it writes its fourth record."""
 
-        def write(self, text):
+        def __init__(self, sink):
+            self.sink, self.lines = sink, 0
+
+        def write(self, record):
             self.lines += 1
             if self.lines == 4:
                 raise cli.Interrupted(signal.SIGINT)
-            return self.handle.write(text)
+            self.sink.write(record)
 
-        def flush(self):
-            self.handle.flush()
-
-    def encode_many(codec, jobs, fmt, out_dir, jsonl_out, *rest):
-        return real(codec, jobs, fmt, out_dir, Interrupting(jsonl_out), *rest)
+    def encode_many(codec, jobs, fmt, out_dir, jsonl, *rest):
+        sink, recorded = jsonl
+        return real(codec, jobs, fmt, out_dir, (Interrupting(sink), recorded), *rest)
 
     with monkeypatch.context() as patch:
         patch.setattr(batch, "encode_many", encode_many)
