@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import write_bytes_atomic
@@ -83,10 +84,33 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class _ShapesOnly(TorchFunctionMode):
+    """Model construction on the meta device with the values skipped. Meta tensors have shapes
+    but no data, so initialising them is moot; and torch runs elementwise meta ops (the
+    ``randn() * scale`` and ``trunc_normal_`` of AudioBSQ's init) through Python references that
+    import torch._dynamo: a second of start-up, and a file written to the temp folder, which fails
+    where files cannot be written (a read-only /tmp, a file-size limit)."""
+
+    ELEMENTWISE = {"__mul__", "__rmul__", "mul", "__truediv__", "div", "__add__", "__radd__", "add",
+                   "__sub__", "sub", "__neg__", "neg"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if tensors and all(t.is_meta for t in tensors):
+            if name.endswith("_") and not name.startswith("__") and args[0] is tensors[0]:
+                return args[0]  # in-place initialisation: nothing to fill
+            if name in self.ELEMENTWISE:
+                shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+                return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
+        return func(*args, **kwargs)
+
+
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.Size, bool]]:
     """Name -> (shape, is floating point) of every tensor the config's model holds, found on the
     meta device: nothing is allocated, so a hostile config costs nothing until it is refused."""
-    with torch.device("meta"):
+    with torch.device("meta"), _ShapesOnly():
         model = AudioBSQ(config)
     return {k: (v.shape, v.is_floating_point()) for k, v in model.state_dict().items()}
 
@@ -137,16 +161,12 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
             config = beside or inside
             if config is None:
                 raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
-            try:
-                expected = expected_tensors(config)
-            except OSError:  # torch's meta device writes generated modules; a full disk refuses them
-                expected = None  # the config's size limits still bound what the model allocates
-            if expected is not None:
-                check_weights_header(weights, handle, expected)
+            expected = expected_tensors(config)
+            check_weights_header(weights, handle, expected)
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise BsqAudioError(f"{weights}: not a valid safetensors file ({err})") from None
-    if expected is not None and {k: v.shape for k, v in state.items()} != {k: s for k, (s, _) in expected.items()}:
+    if {k: v.shape for k, v in state.items()} != {k: shape for k, (shape, _) in expected.items()}:
         raise BsqAudioError(f"{weights}: the file changed while it was being read")
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

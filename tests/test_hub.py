@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -574,3 +575,37 @@ def test_config_limits_admit_the_presets_and_more():
     from bsqaudio.hub import expected_tensors
 
     assert sum(shape.numel() for shape, _ in expected_tensors(big).values()) < MAX_PARAMETERS
+
+
+@pytest.mark.parametrize("changes", [{}, {"conv": False}, {"refine_channels": 0},
+                                     {"mlp_ratio": 1.5}, {"encoder_layers": 0, "heads": 4}],
+                         ids=["tiny", "no-conv", "no-refiner", "mlp-1.5", "no-encoder-layers"])
+def test_expected_tensors_are_the_models(changes):
+    """The shapes-only construction gives exactly the state dict a real model has."""
+    from bsqaudio.hub import expected_tensors
+
+    config = ModelConfig.from_dict({**preset("tiny").to_dict(), **changes})
+    real = {k: (v.shape, v.is_floating_point()) for k, v in AudioBSQ(config).state_dict().items()}
+    assert expected_tensors(config) == real
+
+
+def test_loading_writes_no_file_and_imports_no_compiler(tiny_model_dir, tmp_path):
+    """Was (with plain meta-device construction): torch ran the init's elementwise meta ops
+    through Python references that import torch._dynamo, which writes a generated file to the
+    temp folder: loading a model failed under a file-size limit (encode to a full disk) or a
+    read-only /tmp, and cost a second of start-up."""
+    import subprocess
+    import sys
+
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "import bsqaudio\n"
+            "from bsqaudio.hub import expected_tensors\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n"
+            f"bsqaudio.from_pretrained({str(tiny_model_dir)!r})\n"
+            "expected_tensors(bsqaudio.preset('base'))\n"
+            "assert 'torch._dynamo' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
