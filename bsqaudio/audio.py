@@ -292,6 +292,21 @@ def _truncation_at_open(handle: sf.SoundFile, raw: BinaryIO | Path) -> str | Non
         return None if f is None else check(f, handle)
 
 
+def _chunks(f: BinaryIO, byteorder: str) -> Iterator[tuple[bytes, int, int]]:
+    """(kind, offset, length) of the chunks after a 12-byte RIFF/FORM header, at most 64 (a bound,
+    not a walk over a crafted file), with ``f`` left at each chunk's data. WAV sizes are
+    little-endian, AIFF sizes big-endian; both pad chunks to even lengths."""
+    position = 12
+    for _ in range(64):
+        f.seek(position)
+        header = f.read(8)
+        if len(header) < 8:
+            return
+        length = int.from_bytes(header[4:], byteorder)
+        yield header[:4], position, length
+        position += 8 + length + (length & 1)
+
+
 def _wav_truncation(f: BinaryIO, handle: sf.SoundFile) -> str | None:
     """A RIFF WAVE data chunk longer than the bytes after it. Sizes 0 and 0xFFFFFFFF (and from
     0x7FFFF000) are what writers to a pipe put there: an unknown length, not a truncation."""
@@ -299,13 +314,8 @@ def _wav_truncation(f: BinaryIO, handle: sf.SoundFile) -> str | None:
     head = f.read(12)
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
-    size, position, byte_rate, align = f.seek(0, os.SEEK_END), 12, 0, 1
-    for _ in range(64):  # chunks before the data: a bound, not a walk over a crafted file
-        f.seek(position)
-        header = f.read(8)
-        if len(header) < 8:
-            return None
-        kind, length = header[:4], int.from_bytes(header[4:], "little")
+    size, byte_rate, align = f.seek(0, os.SEEK_END), 0, 1
+    for kind, position, length in _chunks(f, "little"):
         if kind == b"fmt ":
             fmt = f.read(14)
             if len(fmt) == 14:
@@ -316,7 +326,6 @@ def _wav_truncation(f: BinaryIO, handle: sf.SoundFile) -> str | None:
                 return None
             return (f"truncated: header declares {length / byte_rate:.2f} s, only "
                     f"{handle.frames / handle.samplerate:.2f} s readable")
-        position += 8 + length + (length & 1)
     return None
 
 
@@ -326,13 +335,7 @@ def _aiff_truncation(f: BinaryIO, handle: sf.SoundFile) -> str | None:
     head = f.read(12)
     if head[:4] != b"FORM" or head[8:12] not in (b"AIFF", b"AIFC"):
         return None
-    position = 12
-    for _ in range(64):
-        f.seek(position)
-        header = f.read(8)
-        if len(header) < 8:
-            return None
-        kind, length = header[:4], int.from_bytes(header[4:], "big")
+    for kind, _, _ in _chunks(f, "big"):
         if kind == b"COMM":
             comm = f.read(6)
             declared = int.from_bytes(comm[2:6], "big") if len(comm) == 6 else 0
@@ -340,7 +343,6 @@ def _aiff_truncation(f: BinaryIO, handle: sf.SoundFile) -> str | None:
                 return None
             return (f"truncated: header declares {declared / handle.samplerate:.2f} s, only "
                     f"{handle.frames / handle.samplerate:.2f} s readable")
-        position += 8 + length + (length & 1)
     return None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,7 +155,7 @@ def jsonl_output(path: Path | None, resume: bool) -> Iterator[tuple[JsonlSink, s
                     if record_path not in done:
                         done.add(record_path)
                         raw.write(line)
-        yield JsonlSink(raw, seekable=not os.isatty(raw.fileno())), done
+        yield JsonlSink(raw, seekable=True), done  # a regular temporary, even for -o /dev/null
 
 
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,

@@ -7,6 +7,7 @@ SIGTERM unwind like an exception, so temporary files are removed, then exit 130 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -81,6 +82,8 @@ AUDIO_OUTPUTS = ("wav", "flac", "ogg", "mp3")
 def check_token_output(path: str, fmt: str) -> None:
     """Tokens go where their name says: not into ``x.wav`` (that is roundtrip's job), not into a
     file named for another token format, and not as binary onto a terminal."""
+    from bsqaudio.batch import FORMATS
+
     if path == "-":
         if fmt != "jsonl" and sys.stdout.isatty():
             fail(f"refusing to write binary {fmt} data to a terminal; redirect it (> out.{fmt}) or give -o FILE")
@@ -88,11 +91,8 @@ def check_token_output(path: str, fmt: str) -> None:
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix in AUDIO_OUTPUTS:
         fail(f"{path}: encode writes tokens, not audio; name it .{fmt} (roundtrip writes audio)")
-    if suffix in FORMATS_BY_SUFFIX and suffix != fmt:
+    if suffix in FORMATS and suffix != fmt:
         fail(f"{path}: the name says .{suffix} but --format is {fmt}")
-
-
-FORMATS_BY_SUFFIX = ("bsq", "npy", "jsonl")
 
 
 def check_audio_output(path: str) -> None:
@@ -189,9 +189,10 @@ def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str
         inputs.check_collisions(jobs, targets)
     position = shard_position(shard)
     if position is not None:
+        target_of = dict(zip(jobs, targets, strict=True)) if targets is not None else None
         jobs = inputs.take_shard(jobs, *position)
-        if targets is not None:
-            targets = [inputs.output_path(out_dir, job, fmt) for job in jobs]
+        if target_of is not None:
+            targets = [target_of[job] for job in jobs]
     return jobs, targets
 
 
@@ -663,12 +664,12 @@ def eval_(
         fail("no audio files among the inputs")
     codec = load_codec(model, revision, device)
 
+    counter = itertools.count(1)
+
     def progress(row: dict) -> None:
-        progress.done += 1
-        err_console.print(f"[{progress.done}/{len(paths)}] {row['path']}", highlight=False, markup=False,
+        err_console.print(f"[{next(counter)}/{len(paths)}] {row['path']}", highlight=False, markup=False,
                           soft_wrap=True)
 
-    progress.done = 0
     report = evaluate(codec, paths, oracle=oracle, mos=mos, on_row=progress)
     for error in report["errors"]:
         err_console.print(f"bsqaudio: skipped {error['error']}", highlight=False, markup=False,

@@ -75,3 +75,18 @@ def wav_writer(tmp_path):
         return write_wav(tmp_path / name, seconds, rate, channels, seed, subtype)
 
     return make
+
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging: a FIFO with no writer blocks open() and read() forever."""
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("still blocked after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -435,21 +435,6 @@ def test_tokens_npy_of_the_hostile_file_is_one_line(tmp_path):
 
 # -- bounded reads: paths must be regular files, streams are read as far as the header allows -------
 
-@pytest.fixture
-def no_hang():
-    """Fail instead of hanging: a FIFO with no writer blocks open() and read() forever."""
-    import signal
-
-    def alarm(signum, frame):
-        raise TimeoutError("still blocked after 20 s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def zero_device(path):
     """A char device that reads like /dev/zero (1, 5), made in a tmp folder."""
     import os

@@ -388,21 +388,6 @@ def test_no_pickle_loads_in_the_package():
 
 # -- hostile model folders: refused before anything big is read or allocated ------------------------
 
-@pytest.fixture
-def no_hang():
-    """Fail instead of hanging: a FIFO with no writer blocks open() and read() forever."""
-    import signal
-
-    def alarm(signum, frame):
-        raise TimeoutError("still blocked after 20 s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def make_special(path, kind: str):
     """A FIFO, or a char device that reads like /dev/zero (1, 5), at ``path`` (never /dev)."""
     import os
