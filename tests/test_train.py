@@ -28,7 +28,7 @@ import bsqaudio
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
-from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
+from bsqaudio.train.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from bsqaudio.train.data import AudioCache
 from bsqaudio.train.loop import TrainSettings, learning_rate, resumed_settings, train
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
@@ -219,8 +219,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, corpus, mo
         assert left.keys() == right.keys()
         unequal = [k for k in left if not torch.equal(left[k], right[k])]
         assert not unequal, f"{name}: {unequal}"
-    opt_a = torch.load(a / "trainer.pt", weights_only=True)["optimizer"]["state"]
-    opt_b = torch.load(b / "trainer.pt", weights_only=True)["optimizer"]["state"]
+    opt_a = load_trainer_state(a / "trainer.safetensors")["optimizer"]["state"]
+    opt_b = load_trainer_state(b / "trainer.safetensors")["optimizer"]["state"]
     assert all(torch.equal(opt_a[i][key], opt_b[i][key]) for i in opt_a for key in opt_a[i])
     # The weights did move: equality is not the trivial one of an untrained model.
     torch.manual_seed(0)
@@ -347,7 +347,7 @@ def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, corpus):
     assert sorted(p.name for p in run.iterdir()) == ["cache", "checkpoint", "export",
                                                       "metrics.jsonl"]
     assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 3
-    trainer = torch.load(run / "checkpoint" / "trainer.pt", weights_only=True)
+    trainer = load_trainer_state(run / "checkpoint" / "trainer.safetensors")
     assert len(trainer["generators"]) == 2  # one RNG state per rank
     assert not torch.equal(trainer["generators"][0], trainer["generators"][1])
     assert [r["step"] for r in records(run, "val")] == [0, 3]  # rank 0 alone validates
@@ -383,10 +383,10 @@ def test_no_readable_training_audio_is_a_user_error(tmp_path, corpus):
         train(settings(tmp_path / "run", (bad, val_dir)))
 
 
-# -- checkpoints never unpickle arbitrary objects -------------------------------------------------
+# -- checkpoints: no pickle, and a damaged file is one line ---------------------------------------
 
 class Payload:
-    """Unpickling this would run code: it touches a marker file."""
+    """Unpickling this touches ``marker``: proof that a loader ran code from a file."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -395,25 +395,78 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_checkpoint_refuses_pickled_objects(tmp_path):
+def test_checkpoint_keeps_the_trainer_state_without_pickle(tmp_path):
     torch.manual_seed(0)
     model, ema = AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny"))
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.99))
+    model(torch.rand(1, 1024, 128) * 2 - 1).reconstruction.mean().backward()
+    optimizer.step()
     state = {"optimizer": optimizer.state_dict(), "generators": [torch.Generator().get_state()]}
     folder = tmp_path / "checkpoint"
     save_checkpoint(folder, 7, model, ema, state, {"config": model.config.to_dict()})
-    trainer_state, meta = load_checkpoint(folder, AudioBSQ(preset("tiny")),
-                                          AudioBSQ(preset("tiny")))
-    assert meta["step"] == 7 and torch.equal(trainer_state["generators"][0], state["generators"][0])
+    assert sorted(p.name for p in folder.iterdir()) == ["ema.safetensors", "meta.json",
+                                                         "model.safetensors", "trainer.safetensors"]
+    marker = tmp_path / "code-ran"  # a pickle left in the folder is never opened
+    torch.save({"optimizer": Payload(marker)}, folder / "trainer.pt")
+    restored, meta = load_checkpoint(folder, AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny")))
+    assert not marker.exists() and meta["step"] == 7
+    assert torch.equal(restored["generators"][0], state["generators"][0])
+    fresh = torch.optim.AdamW(AudioBSQ(preset("tiny")).parameters())
+    fresh.load_state_dict(restored["optimizer"])  # int keys, tuples and step counters survive
+    assert fresh.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+    for index, entry in optimizer.state_dict()["state"].items():
+        assert all(torch.equal(entry[k], fresh.state_dict()["state"][index][k]) for k in entry)
 
-    marker = tmp_path / "code-ran"
-    torch.save({"optimizer": Payload(marker), "generators": []}, folder / "trainer.pt")
-    with pytest.raises(BsqAudioError, match="not a valid bsqaudio trainer state"):
-        load_checkpoint(folder, AudioBSQ(preset("tiny")), AudioBSQ(preset("tiny")))
-    assert not marker.exists()
-    # The same file does run code under a plain pickle load: the refusal is what protects us.
-    torch.load(folder / "trainer.pt", weights_only=False)
-    assert marker.exists()
+
+def _damage(folder: Path, how: str) -> None:
+    if how == "meta-not-json":
+        (folder / "meta.json").write_bytes(b"\x00garbage{")
+    elif how == "meta-no-step":
+        (folder / "meta.json").write_text('{"settings": {}, "config": {}}')
+    elif how == "meta-bad-config":
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["config"]["n_mels"] = -3
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif how == "ema-truncated":
+        data = (folder / "ema.safetensors").read_bytes()
+        (folder / "ema.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "ema-other-model":
+        torch.manual_seed(0)
+        from safetensors.torch import save_file
+        save_file(AudioBSQ(preset("small")).state_dict(), str(folder / "ema.safetensors"))
+    elif how == "model-missing":
+        (folder / "model.safetensors").unlink()
+    elif how == "trainer-garbage":
+        (folder / "trainer.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}  ")
+    elif how == "trainer-no-tree":
+        from safetensors.torch import save_file
+        save_file({"x": torch.zeros(1)}, str(folder / "trainer.safetensors"))
+
+
+@pytest.mark.parametrize("how", ["meta-not-json", "meta-no-step", "ema-truncated", "ema-other-model",
+                                 "model-missing", "trainer-garbage", "trainer-no-tree"])
+def test_a_damaged_checkpoint_stops_resume_with_one_line(tmp_path, corpus, trained_run, how):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0] / "checkpoint", run / "checkpoint")
+    shutil.copy(trained_run[0] / "metrics.jsonl", run / "metrics.jsonl")
+    _damage(run / "checkpoint", how)
+    result = subprocess.run(cli("train", corpus[0], "--out", run, "--resume", "--steps", "40"),
+                            capture_output=True, env=cli_env(), timeout=180)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr
+    assert str(run / "checkpoint") in stderr and stderr.strip().count("\n") == 0, stderr
+
+
+@pytest.mark.parametrize("how", ["meta-not-json", "meta-bad-config", "ema-truncated", "ema-other-model"])
+def test_a_damaged_checkpoint_stops_export_with_one_line(tmp_path, trained_run, how):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0] / "checkpoint", run / "checkpoint")
+    _damage(run / "checkpoint", how)
+    result = subprocess.run(cli("export", run), capture_output=True, env=cli_env(), timeout=120)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr
+    assert str(run / "checkpoint") in stderr and stderr.strip().count("\n") == 0, stderr
+    assert not (run / "export").exists()
 
 
 def test_interrupted_checkpoint_swap_falls_back_to_the_old_folder(tmp_path):
@@ -519,7 +572,7 @@ def test_discriminator_with_accumulation_and_l1_trains_and_resumes(tmp_path, cor
     logged = records(run, "train")
     assert [r["gan"] != 0.0 for r in logged] == [False, False, True, True]  # starts at disc_start
     assert all(math.isfinite(r["disc"]) for r in logged)
-    state = torch.load(run / "checkpoint" / "trainer.pt", weights_only=True)
+    state = load_trainer_state(run / "checkpoint" / "trainer.safetensors")
     assert {"disc", "disc_optimizer"} <= set(state)
     train(settings(run, corpus, steps=6, discriminator=True, disc_start=2, grad_accum=2, loss="l1",
                    log_every=1, checkpoint_every=2), resume=True)

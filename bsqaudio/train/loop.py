@@ -313,13 +313,19 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         except ValueError:
             raise BsqAudioError(f"{ckpt_dir}: its optimizer trained a different set of weights than this run "
                                 "would (was --freeze-encoder changed?)") from None
-        states = trainer_state["generators"]
-        if run.rank < len(states):
-            generator.set_state(states[run.rank])
-        else:  # more ranks than the checkpoint was saved with: a fresh, reproducible stream
-            generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
-        if adversary is not None and "disc" in trainer_state:
-            adversary.load_state_dict(trainer_state)
+        except (KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise BsqAudioError(f"{ckpt_dir}: its optimizer state is damaged ({type(err).__name__}: {err})") from None
+        try:
+            states = trainer_state["generators"]
+            if run.rank < len(states):
+                generator.set_state(states[run.rank])
+            else:  # more ranks than the checkpoint was saved with: a fresh, reproducible stream
+                generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
+            if adversary is not None and "disc" in trainer_state:
+                adversary.load_state_dict(trainer_state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise BsqAudioError(f"{ckpt_dir}: its random-number or discriminator state is damaged "
+                                f"({type(err).__name__}: {err})") from None
         step = meta["step"]
         run.log(f"resumed from step {step}")
         if run.is_main:
