@@ -15,6 +15,9 @@ Systems
   bsqaudio      the default model (``Codec.from_pretrained(device="cpu")``), encode + decode.
                 Bitrate = size of the .bsq file (``write_bsq``, header included) / duration; the
                 code bitrate (``codes.bitrate``, tokens only) is reported too.
+  bsqaudio-glN  the same with N Griffin-Lim iterations instead of the default (``--systems
+                bsqaudio-gl0,bsqaudio-gl4,bsqaudio``: the quality/time curve the default is
+                chosen from; ``codec_seconds`` is the time of encode + decode).
   oracle-gl     the file's own unquantized mel through the decoder's Griffin-Lim: a ceiling for
                 any tokenizer with this decoder (no bitstream, bitrate n/a).
   codec2-*      Debian ``codec2`` (``c2enc``/``c2dec``) modes 700C, 1200 and 3200 on 8 kHz 16-bit
@@ -40,6 +43,7 @@ weigh more on short files; the per-file values are in the JSON).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import json
 import math
@@ -65,6 +69,7 @@ CODEC2_MODES = ("700C", "1200", "3200")
 OPUS_KBPS = (6, 8)
 ALL_SYSTEMS = (("bsqaudio", "oracle-gl") + tuple(f"codec2-{m}" for m in CODEC2_MODES)
                + tuple(f"opus-{k}k" for k in OPUS_KBPS))
+GL_SWEEP = "bsqaudio-gl"  # bsqaudio-gl4: the bsqaudio system decoding with 4 Griffin-Lim iterations
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au"}
 MAX_LAG_S = 0.050
 REFINE_LAG_S = 0.001
@@ -237,6 +242,14 @@ class Systems:
             decoded = self.codec.decode(codes)
             return decoded, {"bits": len(write_bsq(codes)) * 8,
                              "code_bitrate_bps": float(codes.bitrate)}
+        if name.startswith(GL_SWEEP):  # the same decode with another Griffin-Lim iteration count
+            codec = copy.copy(self.codec)
+            codec.griffin_lim_iterations = int(name[len(GL_SWEEP):])
+            codes = codec.encode(wave, RATE)
+            from bsqaudio import write_bsq
+
+            return codec.decode(codes), {"bits": len(write_bsq(codes)) * 8,
+                                         "code_bitrate_bps": float(codes.bitrate)}
         if name == "oracle-gl":
             from bsqaudio.evaluate import oracle_griffin_lim
 
@@ -488,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a manifest, audio files or folders (or --from-json)")
 
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in names if s not in ALL_SYSTEMS]
+    unknown = [s for s in names if s not in ALL_SYSTEMS
+               and not (s.startswith(GL_SWEEP) and s[len(GL_SWEEP):].isdigit())]
     if unknown:
-        parser.error(f"unknown systems {unknown}; choose from {ALL_SYSTEMS}")
+        parser.error(f"unknown systems {unknown}; choose from {ALL_SYSTEMS} or {GL_SWEEP}N")
     missing = [tool for tool, need in (("c2enc", "codec2"), ("c2dec", "codec2"),
                                        ("opusenc", "opus"), ("opusdec", "opus"))
                if any(n.startswith(need) for n in names) and shutil.which(tool) is None]

@@ -9,7 +9,6 @@ and reason), recorded, and skipped; the rest go on.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
 from bsqaudio.codec import Codec, resolve_rate
@@ -26,9 +24,7 @@ from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomic
 from bsqaudio.io.inputs import Job, output_path
 from bsqaudio.pipeline import encode_sources, failure_reason
-
-FORMATS = ("bsq", "npy", "jsonl")
-
+from bsqaudio.token_files import jsonl_record, npy_bytes
 
 @dataclass
 class Summary:
@@ -39,24 +35,6 @@ class Summary:
     tokens: int = 0
     wall_s: float = 0.0
     errors: list[dict] = field(default_factory=list)
-
-
-def npy_bytes(codes: Codes) -> bytes:
-    """(windows, 512) int64 token indices, time-major per window; -1 past the end of audio."""
-    buffer = io.BytesIO()
-    np.save(buffer, codes.window_indices().numpy())
-    return buffer.getvalue()
-
-
-def jsonl_record(job: Job, codes: Codes) -> dict:
-    return {
-        "path": str(job.source),
-        "duration_s": round(codes.duration, 6),
-        "sample_rate": codes.header["source_sample_rate"],
-        "bitrate_bps": codes.bitrate,
-        "code_bits": codes.code_bits,
-        "tokens": codes.indices.reshape(-1).tolist(),
-    }
 
 
 class _Tally:

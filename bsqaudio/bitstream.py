@@ -33,13 +33,15 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.model.config import INT_LIMITS, MAX_PATCHES
+
+if TYPE_CHECKING:  # torch only where tensors are made: `bsqaudio info` and `tokens` never load it
+    import torch
 
 MAGIC = b"BSQA"
 FORMAT_VERSION = 1
@@ -82,16 +84,9 @@ HEADER_FIELDS: dict[str, type] = {
 _GEOMETRY_LIMITS = {k: v for k, v in INT_LIMITS.items() if k in HEADER_FIELDS and k != "code_bits"}
 
 
-@dataclass
-class Codes:
-    """The tokens of one file, as the codec produces and the .bsq file stores them.
+class _HeaderFacts:
+    """What follows from a file's header alone (``header``: the validated dict)."""
 
-    ``indices`` is (R, F): R patch rows over the whole file (time), F patches per row (frequency);
-    row r belongs to window r // rows_per_window. ``gains_db`` is (W,), one per window.
-    """
-
-    indices: torch.Tensor
-    gains_db: torch.Tensor
     header: dict
 
     @property
@@ -115,11 +110,28 @@ class Codes:
         return self.header["window_frames"] // self.header["patch_time"]
 
     @property
+    def num_tokens(self) -> int:
+        return self.header["num_rows"] * (self.header["n_mels"] // self.header["patch_freq"])
+
+    @property
     def bitrate(self) -> float:
         """Code bits per second of audio: 50 * L for 16x16 patches at 16 kHz."""
         h = self.header
         seconds_per_row = h["patch_time"] * h["hop_length"] / h["sample_rate"]
         return h["n_mels"] // h["patch_freq"] * h["code_bits"] / seconds_per_row
+
+
+@dataclass
+class Codes(_HeaderFacts):
+    """The tokens of one file, as the codec produces and the .bsq file stores them.
+
+    ``indices`` is (R, F): R patch rows over the whole file (time), F patches per row (frequency);
+    row r belongs to window r // rows_per_window. ``gains_db`` is (W,), one per window.
+    """
+
+    indices: torch.Tensor
+    gains_db: torch.Tensor
+    header: dict
 
     def check_gains(self) -> None:
         """Refuse gains outside +-MAX_GAIN_DB: to be called before gains become audio, where a
@@ -133,22 +145,50 @@ class Codes:
 
     def window_indices(self, pad_value: int = -1) -> torch.Tensor:
         """(W, rows_per_window * F) int64, time-major per window; rows past the audio are
-        ``pad_value`` (an output format only: ``indices`` itself never holds padding).
+        ``pad_value`` (an output format only: ``indices`` itself never holds padding)."""
+        import torch
 
-        Sized from the rows present, padded by less than one window of at most MAX_PATCHES
-        codes: never by what the header says a window holds times the number of windows."""
-        rows, freq = self.indices.shape
-        per_window = self.rows_per_window
-        if not 0 < per_window * freq <= MAX_PATCHES:
-            raise BsqAudioError(f"a window of {per_window} x {freq} patches is more than the "
-                                f"{MAX_PATCHES} a window may hold")
-        windows = -(-rows // per_window)
-        if windows != self.gains_db.shape[0]:
-            raise BsqAudioError(f"{rows} patch rows make {windows} windows, but there are "
-                                f"{self.gains_db.shape[0]} gains")
-        full = torch.full((windows * per_window, freq), pad_value, dtype=torch.int64)
-        full[:rows] = self.indices
-        return full.view(windows, -1)
+        layout = window_layout(self.indices.cpu().numpy(), self.gains_db.shape[0], self.rows_per_window,
+                               pad_value)
+        return torch.from_numpy(layout)
+
+
+@dataclass
+class CodeArrays(_HeaderFacts):
+    """A .bsq file's tokens as numpy arrays, the same layout as ``Codes``: what reading a file
+    needs without torch (``bsqaudio info`` and ``tokens`` answer in a fraction of a second)."""
+
+    indices: np.ndarray  # (R, F) int64
+    gains_db: np.ndarray  # (W,) float32
+    header: dict
+
+    def window_indices(self, pad_value: int = -1) -> np.ndarray:
+        """As ``Codes.window_indices``, a numpy array."""
+        return window_layout(self.indices, self.gains_db.shape[0], self.rows_per_window, pad_value)
+
+    def to_codes(self) -> Codes:
+        import torch
+
+        return Codes(indices=torch.from_numpy(self.indices), gains_db=torch.from_numpy(self.gains_db),
+                     header=self.header)
+
+
+def window_layout(indices_rf: np.ndarray, num_windows: int, rows_per_window: int,
+                  pad_value: int) -> np.ndarray:
+    """(R, F) token rows -> (W, rows_per_window * F) int64, the last window padded.
+
+    Sized from the rows present, padded by less than one window of at most MAX_PATCHES codes:
+    never by what the header says a window holds times the number of windows."""
+    rows, freq = indices_rf.shape
+    if not 0 < rows_per_window * freq <= MAX_PATCHES:
+        raise BsqAudioError(f"a window of {rows_per_window} x {freq} patches is more than the "
+                            f"{MAX_PATCHES} a window may hold")
+    windows = -(-rows // rows_per_window)
+    if windows != num_windows:
+        raise BsqAudioError(f"{rows} patch rows make {windows} windows, but there are {num_windows} gains")
+    full = np.full((windows * rows_per_window, freq), pad_value, dtype=np.int64)
+    full[:rows] = indices_rf
+    return full.reshape(windows, -1)
 
 
 def payload_bytes(num_rows: int, grid_freq: int, code_bits: int) -> int:
@@ -262,11 +302,11 @@ def write_bsq(codes: Codes) -> bytes:
     header = validate_header(dict(codes.header))
     freq = header["n_mels"] // header["patch_freq"]
     rows_per_window = header["window_frames"] // header["patch_time"]
-    if codes.indices.is_floating_point() or codes.indices.is_complex() or \
-            codes.indices.dtype == torch.bool:
+    indices = codes.indices.cpu().numpy()
+    if indices.dtype.kind not in "iu":  # floats, complex and bools are no token indices
         raise BsqAudioError(f"cannot write a .bsq file: token indices are {codes.indices.dtype}, "
                             "not integers")
-    indices = codes.indices.cpu().numpy().astype(np.int64)
+    indices = indices.astype(np.int64)
     if indices.shape != (header["num_rows"], freq):
         raise ValueError(f"indices shape {indices.shape} does not match the header")
     bits = header["code_bits"]
@@ -317,6 +357,11 @@ def _parse_header(raw: bytes) -> dict:
 
 def read_bsq(data: bytes) -> Codes:
     """The bytes of a .bsq file -> Codes; raises BsqAudioError on anything malformed."""
+    return read_bsq_arrays(data).to_codes()
+
+
+def read_bsq_arrays(data: bytes) -> CodeArrays:
+    """The bytes of a .bsq file -> CodeArrays (numpy, no torch); BsqAudioError if malformed."""
     if len(data) < _PREAMBLE.size + 4:
         raise BsqAudioError("not a .bsq file: too short")
     header_len = _check_preamble(data)
@@ -355,8 +400,8 @@ def read_bsq(data: bytes) -> Codes:
     chunks.append(unpack_codes(data[offset: offset + payload_bytes(rows, freq, bits)], rows * freq, bits))
     if not np.isfinite(gains).all():
         raise BsqAudioError("corrupt .bsq file: a window gain is not finite")
-    indices = torch.from_numpy(np.concatenate(chunks).reshape(header["num_rows"], freq))
-    return Codes(indices=indices, gains_db=torch.from_numpy(gains), header=header)
+    indices = np.concatenate(chunks).reshape(header["num_rows"], freq)
+    return CodeArrays(indices=indices, gains_db=gains, header=header)
 
 
 def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
@@ -417,6 +462,11 @@ def _read_path(path: Path) -> bytes:
 def load_bsq(source: str | Path | BinaryIO) -> Codes:
     """Read a .bsq file from a path, ``-`` (stdin) or a binary file object. A path must be a
     regular file; stdin and file objects are read only as far as the header allows."""
+    return load_bsq_arrays(source).to_codes()
+
+
+def load_bsq_arrays(source: str | Path | BinaryIO) -> CodeArrays:
+    """As ``load_bsq``, the tokens as numpy arrays (no torch)."""
     name = str(source) if isinstance(source, (str, Path)) else "<stream>"
     try:
         if name == "-":
@@ -425,7 +475,7 @@ def load_bsq(source: str | Path | BinaryIO) -> Codes:
             data = _read_path(Path(source))
         else:
             data = _read_stream(source)
-        return read_bsq(data)
+        return read_bsq_arrays(data)
     except FileNotFoundError:
         raise BsqAudioError(f"{name}: no such file") from None
     except IsADirectoryError:

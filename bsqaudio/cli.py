@@ -49,6 +49,10 @@ AllowTruncatedOpt = Annotated[bool, typer.Option(
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress (failures and the summary still show).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="A line per file in batch mode.")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model batch.", min=1)]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    help="CPU threads for the model and Griffin-Lim (1 is fastest on a busy machine; codes and audio "
+    "do not depend on it) [default: one per core, less one per --workers reader].",
+    min=1, show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Reader processes for many files (0: read in the main process) [default: CPU cores - 2, at least 0].",
     min=0, show_default=False)]
@@ -82,7 +86,7 @@ AUDIO_OUTPUTS = ("wav", "flac", "ogg", "mp3")
 def check_token_output(path: str, fmt: str) -> None:
     """Tokens go where their name says: not into ``x.wav`` (that is roundtrip's job), not into a
     file named for another token format, and not as binary onto a terminal."""
-    from bsqaudio.batch import FORMATS
+    from bsqaudio.token_files import FORMATS
 
     if path == "-":
         if fmt != "jsonl" and sys.stdout.isatty():
@@ -136,10 +140,25 @@ def progress_bar(enabled: bool, label: str):
         yield update
 
 
-def load_codec(model: str | None, revision: str | None, device: str, batch_size: int = 8):
+def load_codec(model: str | None, revision: str | None, device: str, batch_size: int = 8,
+               threads: int | None = None, workers: int = 0):
     from bsqaudio.codec import Codec
 
+    use_threads(threads, workers)
     return Codec.from_pretrained(model, device=device, revision=revision, batch_size=batch_size)
+
+
+def use_threads(threads: int | None, workers: int) -> None:
+    """The model's and Griffin-Lim's CPU threads: ``threads`` if given; otherwise torch's own
+    choice (one per core, or ``OMP_NUM_THREADS``) less one per reader process, so readers and
+    the model do not fight over cores. Codes and audio do not depend on it (tests/test_threads.py)."""
+    import torch
+
+    if threads is None:
+        if workers == 0 or "OMP_NUM_THREADS" in os.environ:
+            return
+        threads = max(1, torch.get_num_threads() - workers)
+    torch.set_num_threads(threads)
 
 
 def write_output(path: str, payload: bytes) -> None:
@@ -306,29 +325,29 @@ def encode(
     recursive: RecursiveOpt = True, glob: GlobOpt = None, skip_existing: SkipOpt = False,
     errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8, workers: WorkersOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
-    verbose: VerboseOpt = False, allow_truncated: AllowTruncatedOpt = False,
+    batch_size: BatchOpt = 8, workers: WorkersOpt = None, threads: ThreadsOpt = None, force: ForceOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False, allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
-    from bsqaudio import batch
+    from bsqaudio import batch, token_files
     from bsqaudio.bitstream import write_bsq
     from bsqaudio.pipeline import default_workers
 
     sources = sources or []
-    if fmt not in batch.FORMATS:
-        fail(f"--format must be one of {', '.join(batch.FORMATS)}")
+    if fmt not in token_files.FORMATS:
+        fail(f"--format must be one of {', '.join(token_files.FORMATS)}")
     single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
     if single:
         if output is None:
             fail("give an output file with -o (or - for stdout), or --out-dir for many files")
         check_token_output(output, fmt)
         check_output(output, force)
-        codec = load_codec(model, revision, rank_device(device), batch_size)
+        codec = load_codec(model, revision, rank_device(device), batch_size, threads)
         with progress_bar(not quiet, "encoding") as progress:
             codes = codec.encode_file(sources[0], progress=progress, allow_truncated=allow_truncated)
         job = Job(Path(sources[0]), Path(sources[0]))
-        payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: batch.npy_bytes(codes),
-                   "jsonl": lambda: (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode()}[fmt]()
+        payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: token_files.npy_bytes(codes),
+                   "jsonl": lambda: token_files.jsonl_line(job, codes)}[fmt]()
         write_output(output, payload)
         return
     if not sources and from_ is None:
@@ -350,8 +369,8 @@ def encode(
     jobs, targets = batch_jobs(sources, from_, recursive, glob, shard, out_dir, fmt)
     if targets is not None:
         check_targets(targets, force, skip_existing)
-    codec = load_codec(model, revision, rank_device(device), batch_size)
     workers = default_workers() if workers is None else workers
+    codec = load_codec(model, revision, rank_device(device), batch_size, threads, workers)
     if workers:
         # Reader processes pass windows through shared-memory files, not file descriptors: the
         # descriptor server thread of a reader prints a traceback when an interrupted main process
@@ -378,17 +397,16 @@ def tokens(
     force: ForceOpt = False,
 ) -> None:
     """Print a .bsq file's token indices (the same forms as `encode --format`)."""
-    from bsqaudio import batch
-    from bsqaudio.bitstream import load_bsq
+    from bsqaudio import token_files
+    from bsqaudio.bitstream import load_bsq_arrays
 
     if fmt not in ("jsonl", "npy"):
         fail("--format must be jsonl or npy")
     check_token_output(output, fmt)
     check_output(output, force)
-    codes = load_bsq(source)
+    codes = load_bsq_arrays(source)
     job = Job(Path(source), Path(source))
-    payload = (batch.npy_bytes(codes) if fmt == "npy"
-               else (json.dumps(batch.jsonl_record(job, codes)) + "\n").encode())
+    payload = token_files.npy_bytes(codes) if fmt == "npy" else token_files.jsonl_line(job, codes)
     write_output(output, payload)
 
 
@@ -406,7 +424,8 @@ def decode(
     recursive: RecursiveOpt = True, skip_existing: SkipOpt = False, errors: ErrorsOpt = None,
     shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+    batch_size: BatchOpt = 8, threads: ThreadsOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Turn .bsq files back into audio: one into a file, or many into a folder."""
     from bsqaudio import batch
@@ -422,7 +441,7 @@ def decode(
         check_output(output, force)
         codes = load_bsq(sources[0])
         sample_rate = output_rate(codes, rate)
-        codec = load_codec(model, revision, rank_device(device), batch_size)
+        codec = load_codec(model, revision, rank_device(device), batch_size, threads)
         with progress_bar(not quiet, "decoding") as progress:
             write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
         return
@@ -440,7 +459,7 @@ def decode(
     prepare_out_dir(out_dir)
     jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
     check_targets(targets, force, skip_existing)
-    codec = load_codec(model, revision, rank_device(device), batch_size)
+    codec = load_codec(model, revision, rank_device(device), batch_size, threads)
     with batch_progress(jobs, quiet, verbose) as progress:
         summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, progress)
     finish_batch(summary, errors)
@@ -453,7 +472,7 @@ def roundtrip(
     rate: Annotated[str, typer.Option(help="Output rate: 'model', 'source' or Hz.")] = "model",
     plot: Annotated[Optional[Path], typer.Option(help="PNG of input and output spectrograms.")] = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8, force: ForceOpt = False, quiet: QuietOpt = False,
+    batch_size: BatchOpt = 8, threads: ThreadsOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
     allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Encode then decode, to hear (and see) what the codec keeps."""
@@ -463,7 +482,7 @@ def roundtrip(
     check_output(output, force)
     if plot is not None:
         check_output(str(plot), force)
-    codec = load_codec(model, revision, device, batch_size)
+    codec = load_codec(model, revision, device, batch_size, threads)
     wave = None
     with progress_bar(not quiet, "encoding") as progress:
         if plot is None:  # streamed: memory does not grow with the input's length
@@ -489,9 +508,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe a .bsq file: model, duration, bitrate, windows, code bits."""
-    from bsqaudio.bitstream import load_bsq
+    from bsqaudio.bitstream import load_bsq_arrays
 
-    codes = load_bsq(source)
+    codes = load_bsq_arrays(source)
     h = codes.header
     summary = {
         "model": h["model"],
@@ -500,7 +519,7 @@ def info(
         "bitrate_bps": codes.bitrate,
         "code_bits": h["code_bits"],
         "windows": h["num_windows"],
-        "tokens": int(codes.indices.numel()),
+        "tokens": codes.num_tokens,
         "sample_rate": h["sample_rate"],
         "source_sample_rate": h["source_sample_rate"],
         "source_channels": h["source_channels"],
@@ -651,6 +670,7 @@ def eval_(
         "--mos", help="Also predict naturalness (DistillMOS, DNSMOS P.835 overall; install bsqaudio[mos]). "
         "Speech only: the predictors were trained on speech.")] = False,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Round-trip reference files; report mel error, STFT distance, SI-SDR, STOI, PESQ, bitrate."""
     from bsqaudio.evaluate import evaluate
@@ -662,7 +682,7 @@ def eval_(
     paths = list_inputs(inputs)
     if not paths:
         fail("no audio files among the inputs")
-    codec = load_codec(model, revision, device)
+    codec = load_codec(model, revision, device, threads=threads)
 
     counter = itertools.count(1)
 
