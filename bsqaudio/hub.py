@@ -187,7 +187,7 @@ def from_pretrained(name: str | Path | None = None, revision: str | None = None,
                 "holding model.safetensors + config.json (from `bsqaudio train`) or a Hub repo id"
             )
         return load_weights(EMBEDDED_DIR / WEIGHTS_NAME, EMBEDDED_DIR / CONFIG_NAME)
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.exists():
@@ -195,7 +195,19 @@ def from_pretrained(name: str | Path | None = None, revision: str | None = None,
         return load_weights(weights, path / CONFIG_NAME)
     if path.exists():  # a file, or a FIFO or device, which load_weights refuses
         return load_weights(path, path.with_name(CONFIG_NAME))
+    if _looks_like_a_path(str(name)):
+        raise BsqAudioError(f"{name}: no such model file or folder")
     return _from_hub(str(name), revision, cache_dir)
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Whether a name that exists nowhere was meant as a local path, not a Hub repo id: a typo in
+    ``runs/a/exprot`` should say so at once, not become a Hub lookup that retries for 30 s.
+    Repo ids are ``owner/name``; a name is a path if it starts like one (``.``, ``/``, ``~``),
+    names a weights file, has more than two parts, or its first part is an existing folder."""
+    parts = name.split("/")
+    return (name.startswith((".", "/", "~")) or name.endswith(".safetensors") or len(parts) > 2
+            or (os.sep != "/" and os.sep in name) or Path(parts[0]).is_dir())
 
 
 def _from_hub(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> Pretrained:

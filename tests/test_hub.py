@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import bsqaudio
 from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
+from bsqaudio import hub
 from bsqaudio.hub import CONFIG_NAME, WEIGHTS_NAME
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -156,10 +157,9 @@ def test_folder_without_weights(tmp_path):
         bsqaudio.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["no-such-folder", "a/b/c", "/nonexistent/model.safetensors"])
-def test_neither_path_nor_repo_id(name):
-    with pytest.raises(BsqAudioError, match="not a Hub repo id"):
-        bsqaudio.from_pretrained(name)
+def test_neither_path_nor_repo_id():
+    with pytest.raises(BsqAudioError, match="no such model file or folder, and not a Hub repo id"):
+        bsqaudio.from_pretrained("no-such-folder")
 
 
 def test_no_embedded_model_mentions_model_option(tmp_path, monkeypatch):
@@ -594,3 +594,24 @@ def test_loading_writes_no_file_and_imports_no_compiler(tiny_model_dir, tmp_path
                           timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a mistyped local path is a path, not a Hub lookup -----------------------------------------
+
+@pytest.mark.parametrize("name", ["./nope", "/no/such/model", "~/no-such-bsqaudio-model", "runs/a/export",
+                                  "a/b/c", "/nonexistent/model.safetensors", "model.safetensors",
+                                  "existing/exprot"])
+def test_a_missing_path_is_reported_as_a_path_without_asking_the_hub(name, tmp_path, monkeypatch):
+    (tmp_path / "existing").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "_from_hub", lambda *a: pytest.fail(f"{name} went to the Hub"))
+    with pytest.raises(BsqAudioError, match="no such model file or folder"):
+        bsqaudio.from_pretrained(name)
+
+
+def test_an_owner_name_pair_still_goes_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    monkeypatch.setattr(hub, "_from_hub", lambda name, *a: asked.append(name))
+    bsqaudio.from_pretrained("owner/model")
+    assert asked == ["owner/model"]
