@@ -9,6 +9,7 @@ are safetensors only, never pickles, and must match their config exactly.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -86,23 +87,31 @@ def _hash_file(path: Path) -> str:
 
 class _ShapesOnly(TorchFunctionMode):
     """Model construction on the meta device with the values skipped. Meta tensors have shapes
-    but no data, so initialising them is moot; and torch runs elementwise meta ops (the
-    ``randn() * scale`` and ``trunc_normal_`` of AudioBSQ's init) through Python references that
-    import torch._dynamo: a second of start-up, and a file written to the temp folder, which fails
+    but no data, so initialising them is moot; and torch runs random and elementwise meta ops
+    (the ``randn() * scale`` and ``trunc_normal_`` of AudioBSQ's init) through Python references
+    that import torch._dynamo and sympy: up to a second of start-up, and a file written to the temp folder, which fails
     where files cannot be written (a read-only /tmp, a file-size limit)."""
 
+    RANDOM = {"randn", "rand"}
     ELEMENTWISE = {"__mul__", "__rmul__", "mul", "__truediv__", "div", "__add__", "__radd__", "add",
                    "__sub__", "sub", "__neg__", "neg"}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        # In-place initialisation (nn.init passes its tensor by keyword): nothing to fill.
+        target = args[0] if args else kwargs.get("tensor")
+        if isinstance(target, torch.Tensor) and target.is_meta and name.endswith("_") and not name.startswith("__"):
+            return target
+        if name in self.RANDOM and not kwargs.get("device"):  # meta by the context: only the shape matters
+            size = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
+            return torch.empty(*size, dtype=kwargs.get("dtype"), device="meta")
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if tensors and all(t.is_meta for t in tensors):
-            if name.endswith("_") and not name.startswith("__") and args[0] is tensors[0]:
-                return args[0]  # in-place initialisation: nothing to fill
             if name in self.ELEMENTWISE:
-                shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+                # Broadcast by hand: torch.broadcast_shapes imports sympy, a third of a second.
+                dims = itertools.zip_longest(*(reversed(t.shape) for t in tensors), fillvalue=1)
+                shape = tuple(reversed([max(d) for d in dims]))
                 return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
         return func(*args, **kwargs)
 
@@ -171,8 +180,9 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BsqAudioError(f"{weights}: weight {name} holds NaN or infinite values")
-    model = AudioBSQ(config)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    with torch.device("meta"), _ShapesOnly():  # no random init of weights about to be replaced
+        model = AudioBSQ(config)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
     model.eval()
     return Pretrained(model=model, model_hash=_hash_file(weights), source=str(weights))
 
