@@ -62,6 +62,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from bsqaudio.alignment import MAX_LAG_S, REFINE_LAG_S, apply_lag, find_lag
+
 RATE = 16000
 MOS_KEYS = ("distillmos", "dnsmos_ovrl")  # bsqaudio.metrics.MOS_KEYS; speech files only, with --mos
 METRIC_KEYS = ("mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb", *MOS_KEYS)
@@ -71,11 +73,6 @@ ALL_SYSTEMS = (("bsqaudio", "oracle-gl") + tuple(f"codec2-{m}" for m in CODEC2_M
                + tuple(f"opus-{k}k" for k in OPUS_KBPS))
 GL_SWEEP = "bsqaudio-gl"  # bsqaudio-gl4: the bsqaudio system decoding with 4 Griffin-Lim iterations
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au"}
-MAX_LAG_S = 0.050
-REFINE_LAG_S = 0.001
-ENVELOPE_FFT = 256
-ENVELOPE_HOP = 16  # 1 ms
-ENVELOPE_FLOOR_DB = 60.0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -116,75 +113,6 @@ def collect_inputs(inputs: list[str], split: str | None, kind: str) -> list[dict
     if kind != "all":
         rows = [r for r in rows if r["kind"] == kind]
     return rows
-
-
-# --------------------------------------------------------------------------- alignment
-
-def _spectral_envelope(x: torch.Tensor) -> torch.Tensor:
-    """(bins, frames) log power spectrogram (256-point FFT, 1 ms hop), floored 60 dB below its peak,
-    each bin's mean removed."""
-    window = torch.hann_window(ENVELOPE_FFT)
-    power = torch.stft(x.float(), ENVELOPE_FFT, ENVELOPE_HOP, window=window,
-                       return_complex=True).abs() ** 2
-    db = 10 * torch.log10(power + 1e-12)
-    db = torch.maximum(db, db.max() - ENVELOPE_FLOOR_DB)
-    return db - db.mean(dim=1, keepdim=True)
-
-
-def _envelope_lag(reference: torch.Tensor, decoded: torch.Tensor, max_lag: int) -> int:
-    """The lag (a multiple of ENVELOPE_HOP samples) maximizing the correlation of the two spectral
-    envelopes summed over bins."""
-    a, b = _spectral_envelope(reference), _spectral_envelope(decoded)
-    n = min(a.shape[1], b.shape[1])
-    a, b = a[:, :n], b[:, :n]
-    size = 1 << (2 * n - 1).bit_length()
-    spec = (torch.fft.rfft(b, size) * torch.conj(torch.fft.rfft(a, size))).sum(0)
-    full = torch.fft.irfft(spec, size)  # full[k mod size] = sum_bins sum_t a[t] b[t + k]
-    steps = max_lag // ENVELOPE_HOP
-    lags = torch.arange(-steps, steps + 1)
-    return int(lags[int(torch.argmax(full[lags % size]))]) * ENVELOPE_HOP
-
-
-def _xcorr(a: torch.Tensor, b: torch.Tensor, lags: range) -> np.ndarray:
-    """Unnormalized correlation sum_t a[t] * b[t + lag] for each lag (b delayed by lag > 0)."""
-    a, b = a.double(), b.double()
-    n = min(a.shape[0], b.shape[0])
-    out = np.empty(len(lags))
-    for i, lag in enumerate(lags):
-        if lag >= 0:
-            out[i] = float(a[: max(0, n - lag)] @ b[lag:n]) if lag < n else 0.0
-        else:
-            out[i] = float(a[-lag:n] @ b[: n + lag]) if -lag < n else 0.0
-    return out
-
-
-def find_lag(reference: torch.Tensor, decoded: torch.Tensor) -> int:
-    """Delay of ``decoded`` relative to ``reference`` in samples (positive: decoded is late)."""
-    max_lag = int(MAX_LAG_S * RATE)
-    refine = int(REFINE_LAG_S * RATE)
-    if min(reference.shape[0], decoded.shape[0]) <= 2 * max_lag:
-        return 0
-    lag = _envelope_lag(reference, decoded, max_lag)
-    low, high = max(-max_lag, lag - refine), min(max_lag, lag + refine)
-    fine = _xcorr(reference, decoded, range(low, high + 1))
-    if np.all(fine == 0):
-        return lag
-    return low + int(np.argmax(fine))
-
-
-def apply_lag(decoded: torch.Tensor, lag: int, length: int) -> torch.Tensor:
-    """Shift ``decoded`` earlier by ``lag`` samples and zero-pad / trim it to ``length``."""
-    out = torch.zeros(length, dtype=torch.float32)
-    src = decoded.float()
-    if lag >= 0:
-        src = src[lag:]
-        count = min(length, src.shape[0])
-        out[:count] = src[:count]
-    else:
-        count = min(length + lag, src.shape[0])
-        if count > 0:
-            out[-lag: -lag + count] = src[:count]
-    return out
 
 
 # --------------------------------------------------------------------------- systems
