@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-
 from bsqaudio.bitstream import Codes, load_bsq, write_bsq
 from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
@@ -25,6 +24,7 @@ from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomi
 from bsqaudio.io.inputs import Job, output_path
 from bsqaudio.pipeline import encode_sources, failure_reason
 from bsqaudio.token_files import jsonl_record, npy_bytes
+
 
 @dataclass
 class Summary:

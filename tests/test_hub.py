@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import bsqaudio
-from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
-from bsqaudio import hub
+from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, hub, preset
 from bsqaudio.hub import CONFIG_NAME, WEIGHTS_NAME
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_signal
 
 import bsqaudio
-from conftest import make_signal
 
 PROBE = """
 import sys
@@ -72,4 +72,4 @@ def test_the_package_imports_its_names_on_first_use():
             "assert bsqaudio.Codec.__name__ == 'Codec' and 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        bsqaudio.nope
+        _ = bsqaudio.nope
