@@ -193,7 +193,7 @@ class Systems:
 
 def evaluate_file(systems: Systems, item: dict, max_seconds: float | None, mos: bool = False) -> dict:
     from bsqaudio.audio import load_mono
-    from bsqaudio.metrics import all_metrics, naturalness
+    from bsqaudio.metrics import all_metrics, naturalness, si_sdr
 
     mos = mos and item["kind"] == "speech"  # the predictors were trained on speech
 
@@ -218,6 +218,7 @@ def evaluate_file(systems: Systems, item: dict, max_seconds: float | None, mos: 
                 lag = find_lag(wave, decoded)
                 aligned = apply_lag(decoded, lag, wave.shape[0])
                 result = all_metrics(wave, aligned, systems.frontend)
+                result["si_sdr_db"] = si_sdr(wave, aligned)
                 if mos:
                     result.update(naturalness(aligned, RATE))
                 result.update(extra)

@@ -1,8 +1,10 @@
 """Quality measures of decoded audio against a reference, both (T,) float at 16 kHz.
 
 Spectral measures (mel error, multi-resolution STFT distance) judge what a mel codec can keep;
-SI-SDR judges the waveform (phase included, so Griffin-Lim scores low on it by design); STOI and
-wideband PESQ (optional packages ``pystoi`` and ``pesq``) judge speech as listeners do.
+STOI and wideband PESQ (optional packages ``pystoi`` and ``pesq``) judge speech as listeners do.
+SI-SDR judges the waveform, phase included, so every phase-free decoder (Griffin-Lim, a vocoder)
+scores far below zero on it whatever it sounds like: ``benchmarks/quality.py`` reports it for
+waveform codecs, ``all_metrics`` (what ``bsqaudio eval`` shows) leaves it out.
 """
 
 from __future__ import annotations
@@ -131,13 +133,13 @@ def naturalness(wave: torch.Tensor, rate: int) -> dict:
 
 
 def all_metrics(reference: torch.Tensor, decoded: torch.Tensor, frontend: MelFrontend) -> dict:
+    """Mel error, MR-STFT distance, STOI and PESQ of ``decoded`` (aligned) against ``reference``."""
     rate = frontend.config.sample_rate
     mae, mse = mel_errors(reference, decoded, frontend)
     return {
         "mel_mae_db": mae,
         "mel_mse_db": mse,
         "mrstft": multi_resolution_stft_distance(reference, decoded),
-        "si_sdr_db": si_sdr(reference, decoded),
         "stoi": stoi(reference, decoded, rate),
         "pesq_wb": pesq_wb(reference, decoded, rate),
     }

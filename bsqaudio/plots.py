@@ -55,16 +55,20 @@ def plot_roundtrip(codec, codes, path: Path, source_wave: torch.Tensor | None = 
 
 
 def plot_eval(report: dict, path: Path) -> None:
-    """Bar chart of the mean metrics, codec beside oracle Griffin-Lim."""
+    """Bar chart of the mean metrics: bsqaudio beside oracle Griffin-Lim and any decoded folders."""
     plt = _pyplot()
-    keys = [k for k in ("mel_mae_db", "mrstft", "si_sdr_db", "stoi", "pesq_wb")
-            if report["mean"]["codec"].get(k) is not None]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), squeeze=False)
+    mean = report["mean"]
+    systems = [("bsqaudio", mean["codec"])] + ([("oracle", mean["oracle"])] if "oracle" in mean else [])
+    systems += list(mean.get("decoded", {}).items())
+    keys = [k for k in ("mel_mae_db", "mrstft", "stoi", "pesq_wb", "distillmos", "dnsmos_ovrl")
+            if mean["codec"].get(k) is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        systems = [s for s in ("codec", "oracle") if s in report["mean"]]
-        ax.bar(systems, [report["mean"][s][key] or 0.0 for s in systems], color=["C0", "C1"])
+        ax.bar([name for name, _ in systems], [m.get(key) or 0.0 for _, m in systems],
+               color=[f"C{i}" for i in range(len(systems))])
         ax.set_title(key)
-    fig.suptitle(f"{len(report['files'])} files, {report['mean']['bitrate_bps']:.0f} bit/s")
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.suptitle(f"{len(report['files'])} files; bsqaudio {mean['bitrate_bps']:.0f} bit/s of codes")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

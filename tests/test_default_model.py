@@ -60,8 +60,11 @@ def test_eval_reports_codec_and_oracle(tmp_path):
     assert row["bitrate_bps"] == 1800
     assert row["file_bitrate_bps"] > row["bitrate_bps"]  # header and gains cost something
     for system in ("codec", "oracle"):
-        assert set(row[system]) == {"mel_mae_db", "mel_mse_db", "mrstft", "si_sdr_db", "stoi",
-                                    "pesq_wb"}
+        assert set(row[system]) == {"mel_mae_db", "mel_mse_db", "mrstft", "stoi", "pesq_wb", "lag_ms"}
+        assert abs(row[system]["lag_ms"]) <= 1.0  # our own decode is sample-aligned
+    assert report["model"]["name"] == "bsqaudio-small" and report["model"]["code_bits"] == 36
+    assert {"platform", "torch", "torch_threads"} <= set(report["machine"])
+    assert "ones_per_pair" not in json.dumps(report)  # no 36 x 36 matrices per file
     # The oracle (unquantized mel, same inversion) bounds what the tokenizer can reach.
     assert row["oracle"]["mel_mae_db"] < row["codec"]["mel_mae_db"] < 8.0
     codes = report["mean"]["codes"]

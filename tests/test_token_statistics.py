@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from bsqaudio.evaluate import code_statistics, summarize
+from bsqaudio.evaluate import code_statistics, summarize_codes
 from bsqaudio.model.quantizer import bits_to_indices
 
 
 def _report(bits_nl: torch.Tensor) -> dict:
     indices = bits_to_indices(bits_nl).reshape(-1, 8)  # 8 tokens a row
     stats = code_statistics(indices, rows_per_window=4, code_bits=bits_nl.shape[1])
-    return summarize([{"bitrate_bps": 1.0, "file_bitrate_bps": 1.0, "duration_s": 1.0, "codes": stats}])["codes"]
+    return summarize_codes([stats])
 
 
 def test_copied_and_negated_bits_are_counted_and_independent_ones_are_not():
