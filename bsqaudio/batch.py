@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from bsqaudio.bitstream import Codes, load_bsq, write_bsq
+from bsqaudio.bitstream import Codes
 from bsqaudio.codec import Codec, resolve_rate
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomic
 from bsqaudio.io.inputs import Job, output_path
 from bsqaudio.pipeline import encode_sources, failure_reason
-from bsqaudio.token_files import jsonl_record, npy_bytes
+from bsqaudio.token_files import file_bytes, jsonl_record, load_codes
 
 
 @dataclass
@@ -139,9 +139,10 @@ def jsonl_output(path: Path | None, resume: bool) -> Iterator[tuple[JsonlSink, s
 def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
                 jsonl: tuple[JsonlSink, set[str]] | None = None, skip_existing: bool = False,
                 on_event: Callable[..., None] | None = None, workers: int = 0,
-                allow_truncated: bool = False) -> Summary:
+                allow_truncated: bool = False, group: int | None = None) -> Summary:
     """Encode every job, to files under ``out_dir`` or as records into ``jsonl`` (a sink and the
-    paths it already holds). ``on_event(kind, job, detail, seconds=...)`` hears 'done' (with the
+    paths it already holds), token files in the sub-token view ``group`` (None: full codes).
+    ``on_event(kind, job, detail, seconds=...)`` hears 'done' (with the
     audio's seconds), 'skipped', 'failed' and 'warning' (a truncated file kept with
     ``allow_truncated``; without it, a truncated file fails): see ``bsqaudio.batch_progress``.
 
@@ -165,9 +166,9 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
         try:
             if target is not None:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(target, write_bsq(codes) if fmt == "bsq" else npy_bytes(codes))
+                write_bytes_atomic(target, file_bytes(fmt, job, codes, group))
             else:
-                sink.write(jsonl_record(job, codes))
+                sink.write(jsonl_record(job, codes, group))
         except (OSError, BsqAudioError) as err:
             tally.failed(job, failure_reason(target or job.source, err))
             continue
@@ -177,8 +178,8 @@ def encode_many(codec: Codec, jobs: list[Job], fmt: str, out_dir: Path | None,
 
 def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: str,
                 skip_existing: bool = False,
-                on_event: Callable[..., None] | None = None) -> Summary:
-    """Decode .bsq jobs to audio files under ``out_dir`` with the same error handling."""
+                on_event: Callable[..., None] | None = None, group: int | None = None) -> Summary:
+    """Decode .bsq or token-file jobs to audio files under ``out_dir`` with the same error handling."""
     from bsqaudio.audio import write_audio_stream
 
     tally = _Tally(on_event)
@@ -187,7 +188,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
         if tally.already_done(job, target, skip_existing, set()):
             continue
         try:
-            codes = load_bsq(job.source)
+            codes = load_codes(job.source, codec, group)
             sample_rate = resolve_rate(codes, rate)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)

@@ -441,7 +441,7 @@ def _read_stream(stream: BinaryIO) -> bytes:
     return data
 
 
-def _read_path(path: Path) -> bytes:
+def read_file_bounded(path: Path) -> bytes:
     """A regular file's bytes (symlinks followed), at most MAX_BSQ_BYTES. A FIFO would block the
     open itself (hence O_NONBLOCK, which regular files ignore) and a device like /dev/zero would
     be read forever: both are refused by what fstat says of the opened file."""
@@ -454,7 +454,7 @@ def _read_path(path: Path) -> bytes:
             raise BsqAudioError("not a regular file (a FIFO, device or socket); read it from stdin "
                                 "with '-' instead")
         if info.st_size > MAX_BSQ_BYTES:
-            raise BsqAudioError(f"{info.st_size} bytes, more than a .bsq file may have "
+            raise BsqAudioError(f"{info.st_size} bytes, more than a .bsq or token file may have "
                                 f"({MAX_BSQ_BYTES})")
         return _read_at_most(handle, MAX_BSQ_BYTES + 1)
 
@@ -472,7 +472,7 @@ def load_bsq_arrays(source: str | Path | BinaryIO) -> CodeArrays:
         if name == "-":
             data = _read_stream(sys.stdin.buffer)
         elif isinstance(source, (str, Path)):
-            data = _read_path(Path(source))
+            data = read_file_bounded(Path(source))
         else:
             data = _read_stream(source)
         return read_bsq_arrays(data)

@@ -177,7 +177,11 @@ def output_rate(codes, rate: str) -> int:
     return resolve_rate(codes, rate)
 
 
-FormatOpt = Annotated[str, typer.Option("--format", help="bsq (default), npy (int64 [windows, 512]) or jsonl.")]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", help="bsq (default), npy (int64 [windows, 512]), jsonl or npz (codes, gains and header).")]
+TokensOpt = Annotated[str, typer.Option(
+    "--tokens", help="Token view of npy/jsonl: index (one L-bit integer a code), groups:G (L/G sub-tokens "
+    "of G bits, e.g. groups:9 -> 4 of vocabulary 512) or bits.")]
 FromOpt = Annotated[Optional[str], typer.Option("--from", help="Read input paths, one a line, from a file or -.")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out-dir", help="Output folder; mirrors the input tree.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")]
@@ -321,7 +325,7 @@ def encode(
         help="Audio files (wav, flac, ogg, mp3...), folders, or - for stdin.")] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Output file (one input), or - for stdout; the jsonl file in batch mode.")] = None,
-    out_dir: OutDirOpt = None, from_: FromOpt = None, fmt: FormatOpt = "bsq",
+    out_dir: OutDirOpt = None, from_: FromOpt = None, fmt: FormatOpt = "bsq", view: TokensOpt = "index",
     recursive: RecursiveOpt = True, glob: GlobOpt = None, skip_existing: SkipOpt = False,
     errors: ErrorsOpt = None, shard: ShardOpt = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
@@ -330,12 +334,12 @@ def encode(
 ) -> None:
     """Tokenize audio: one file into a .bsq file, or many (folders, --from lists) into a folder."""
     from bsqaudio import batch, token_files
-    from bsqaudio.bitstream import write_bsq
     from bsqaudio.pipeline import default_workers
 
     sources = sources or []
     if fmt not in token_files.FORMATS:
         fail(f"--format must be one of {', '.join(token_files.FORMATS)}")
+    check_view(view, fmt)
     single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
     if single:
         if output is None:
@@ -343,12 +347,11 @@ def encode(
         check_token_output(output, fmt)
         check_output(output, force)
         codec = load_codec(model, revision, rank_device(device), batch_size, threads)
+        group = token_files.parse_view(view, codec.config.code_bits)
         with progress_bar(not quiet, "encoding") as progress:
             codes = codec.encode_file(sources[0], progress=progress, allow_truncated=allow_truncated)
         job = Job(Path(sources[0]), Path(sources[0]))
-        payload = {"bsq": lambda: write_bsq(codes), "npy": lambda: token_files.npy_bytes(codes),
-                   "jsonl": lambda: token_files.jsonl_line(job, codes)}[fmt]()
-        write_output(output, payload)
+        write_output(output, token_files.file_bytes(fmt, job, codes, group))
         return
     if not sources and from_ is None:
         fail("no inputs: give files or folders, or --from LIST")
@@ -371,6 +374,7 @@ def encode(
         check_targets(targets, force, skip_existing)
     workers = default_workers() if workers is None else workers
     codec = load_codec(model, revision, rank_device(device), batch_size, threads, workers)
+    group = token_files.parse_view(view, codec.config.code_bits)
     if workers:
         # Reader processes pass windows through shared-memory files, not file descriptors: the
         # descriptor server thread of a reader prints a traceback when an interrupted main process
@@ -382,44 +386,57 @@ def encode(
         if fmt == "jsonl":
             with batch.jsonl_output(jsonl_path, resume=skip_existing) as jsonl:
                 summary = batch.encode_many(codec, jobs, fmt, None, jsonl, skip_existing, progress, workers,
-                                            allow_truncated)
+                                            allow_truncated, group)
         else:
             summary = batch.encode_many(codec, jobs, fmt, out_dir, None, skip_existing, progress, workers,
-                                        allow_truncated)
+                                        allow_truncated, group)
     finish_batch(summary, errors)
 
 
-@app.command(epilog="Examples:\n\n  bsqaudio tokens song.bsq\n\n  bsqaudio tokens song.bsq --format npy -o song.npy")
+@app.command(epilog="Examples:\n\n  bsqaudio tokens song.bsq\n\n  bsqaudio tokens song.bsq --format npy -o song.npy\n\n"
+                    "  bsqaudio tokens song.bsq --tokens groups:9")
 def tokens(
     source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl (default) or npy.")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (default), npy or npz.")] = "jsonl",
+    view: TokensOpt = "index",
     output: Annotated[str, typer.Option("--output", "-o", help="Output file, or - for stdout.")] = "-",
     force: ForceOpt = False,
 ) -> None:
-    """Print a .bsq file's token indices (the same forms as `encode --format`)."""
+    """Print a .bsq file's tokens (the same forms as `encode --format`)."""
     from bsqaudio import token_files
     from bsqaudio.bitstream import load_bsq_arrays
 
-    if fmt not in ("jsonl", "npy"):
-        fail("--format must be jsonl or npy")
+    if fmt not in ("jsonl", "npy", "npz"):
+        fail("--format must be jsonl, npy or npz")
+    check_view(view, fmt)
     check_token_output(output, fmt)
     check_output(output, force)
     codes = load_bsq_arrays(source)
-    job = Job(Path(source), Path(source))
-    payload = token_files.npy_bytes(codes) if fmt == "npy" else token_files.jsonl_line(job, codes)
-    write_output(output, payload)
+    group = token_files.parse_view(view, codes.code_bits)
+    write_output(output, token_files.file_bytes(fmt, Job(Path(source), Path(source)), codes, group))
+
+
+def check_view(view: str, fmt: str) -> None:
+    """``--tokens`` goes with the formats it applies to; its G is checked once the model is loaded."""
+    if view != "index" and fmt in ("bsq", "npz"):
+        fail(f"--format {fmt} keeps the full codes; --tokens applies to npy and jsonl")
+    if view not in ("index", "bits") and not view.startswith("groups:"):
+        fail(f"--tokens must be index, groups:G or bits, not {view!r}")
 
 
 @app.command(epilog="Examples:\n\n  bsqaudio decode song.bsq -o out.wav\n\n"
                     "  bsqaudio decode song.bsq -o out.flac --rate source\n\n"
                     "  bsqaudio decode tokens/ --out-dir audio/ --audio-format flac")
 def decode(
-    sources: Annotated[Optional[list[str]], typer.Argument(help=".bsq files, folders, or - for stdin.")] = None,
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        help=".bsq or token files (.npz, .npy, .jsonl), folders, or - for a .bsq on stdin.")] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Audio file (.wav, .flac, .ogg, .mp3) or - (WAV on stdout).")] = None,
     rate: Annotated[str, typer.Option(
         help="Output rate: 'model' (16 kHz), 'source' (the original's) or Hz.")] = "model",
-    out_dir: OutDirOpt = None, from_: FromOpt = None,
+    out_dir: OutDirOpt = None, from_: FromOpt = None, view: Annotated[Optional[str], typer.Option(
+        "--tokens", help="The view .npy/.jsonl tokens are in: index, groups:G or bits [default: index; "
+        "jsonl records name theirs].", show_default=False)] = None,
     audio_format: Annotated[str, typer.Option(help="wav, flac, ogg or mp3, for --out-dir.")] = "wav",
     recursive: RecursiveOpt = True, skip_existing: SkipOpt = False, errors: ErrorsOpt = None,
     shard: ShardOpt = None,
@@ -427,10 +444,10 @@ def decode(
     batch_size: BatchOpt = 8, threads: ThreadsOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Turn .bsq files back into audio: one into a file, or many into a folder."""
-    from bsqaudio import batch
+    """Turn .bsq files or tokens back into audio: one into a file, or many into a folder. Tokens
+    without gains (a language model's output) decode at a typical speech loudness."""
+    from bsqaudio import batch, token_files
     from bsqaudio.audio import write_audio_stream
-    from bsqaudio.bitstream import load_bsq
 
     sources = sources or []
     single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
@@ -439,15 +456,18 @@ def decode(
             fail("give an output file with -o (or - for stdout), or --out-dir for many files")
         check_audio_output(output)
         check_output(output, force)
-        codes = load_bsq(sources[0])
-        sample_rate = output_rate(codes, rate)
+        if rate not in ("model", "source"):
+            output_rate(None, rate)  # validates a number before the model loads
         codec = load_codec(model, revision, rank_device(device), batch_size, threads)
+        group = token_files.parse_view(view, codec.config.code_bits) if view else None
+        codes = token_files.load_codes(sources[0], codec, group)
+        sample_rate = output_rate(codes, rate)
         with progress_bar(not quiet, "decoding") as progress:
             write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
         return
     if out_dir is None:
         if len(sources) == 1 and from_ is None:
-            fail(f"{sources[0]}: is a folder; give --out-dir to decode the .bsq files in it")
+            fail(f"{sources[0]}: is a folder; give --out-dir to decode the .bsq and token files in it")
         fail("many inputs need --out-dir")
     if audio_format not in AUDIO_OUTPUTS:
         fail(f"--audio-format must be one of {', '.join(AUDIO_OUTPUTS)}")
@@ -457,11 +477,13 @@ def decode(
     if errors is not None:
         check_output(str(errors), force=True)
     prepare_out_dir(out_dir)
-    jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format, suffixes=(".bsq",))
+    jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format,
+                               suffixes=(".bsq", *token_files.TOKEN_SUFFIXES))
     check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size, threads)
+    group = token_files.parse_view(view, codec.config.code_bits) if view else None
     with batch_progress(jobs, quiet, verbose) as progress:
-        summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, progress)
+        summary = batch.decode_many(codec, jobs, out_dir, audio_format, rate, skip_existing, progress, group)
     finish_batch(summary, errors)
 
 
@@ -734,7 +756,8 @@ def named_folders(folders: list[Path]) -> dict[str, Path]:
         if not folder.is_dir():
             fail(f"--decoded {folder}: no such folder")
     names = [f.name or str(f) for f in folders]
-    named = {(name if names.count(name) == 1 else str(folder)): folder for name, folder in zip(names, folders, strict=True)}
+    named = {(name if names.count(name) == 1 else str(folder)): folder
+             for name, folder in zip(names, folders, strict=True)}
     if len(named) != len(folders):
         fail("--decoded: the same folder is given twice")
     if set(named) & {"bsqaudio", "oracle", "reference"}:

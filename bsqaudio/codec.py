@@ -176,6 +176,51 @@ class Codec:
         indices = window_indices.reshape(-1, c.grid_freq)[:rows].clone()
         return Codes(indices=indices, gains_db=gains_db, header=header)
 
+    def codes_from_tokens(self, tokens, gains_db=None, num_samples: int | None = None,
+                          source_rate: int | None = None, source_channels: int = 1) -> Codes:
+        """Codes from bare token indices, e.g. a language model's output, to ``decode``.
+
+        ``tokens``: the window layout of ``Codes.window_indices`` / ``encode --format npy``
+        (W, rows_per_window * F), rows (R, F), or a flat (R * F,) sequence, time-major; rows of
+        -1 at the end (padding) are dropped. ``gains_db``: (W,) window gains, or None for
+        ``DEFAULT_GAIN_DB`` (typical speech loudness). ``num_samples``: the audio's length, by
+        default the whole rows."""
+        from bsqaudio.token_files import DEFAULT_GAIN_DB
+
+        c = self.config
+        freq, per_window = c.grid_freq, c.window_frames // c.patch_time
+        array = torch.as_tensor(tokens)
+        if array.is_floating_point() or array.is_complex() or array.dtype == torch.bool:
+            raise BsqAudioError(f"tokens must be integers, not {array.dtype}")
+        array = array.to(torch.int64)
+        if array.dim() == 2 and array.shape[1] == per_window * freq:
+            array = array.reshape(-1, freq)
+        elif array.dim() == 1 and array.numel() % freq == 0:
+            array = array.reshape(-1, freq)
+        elif not (array.dim() == 2 and array.shape[1] == freq):
+            raise BsqAudioError(f"tokens of shape {tuple(array.shape)}: expected (windows, "
+                                f"{per_window * freq}), (rows, {freq}) or a flat multiple of {freq}")
+        padding = (array == -1).all(1)
+        rows = int(padding.logical_not().nonzero().max()) + 1 if not padding.all() else 0
+        array = array[:rows]
+        if rows == 0:
+            raise BsqAudioError("no tokens (every row is padding)")
+        if ((array < 0) | (array >= 1 << c.code_bits)).any():
+            raise BsqAudioError(f"a token is outside [0, 2**{c.code_bits}) (or -1 inside the tokens)")
+        full = rows * c.patch_time * c.hop_length
+        num_samples = full if num_samples is None else int(num_samples)
+        if self.frontend.num_rows(num_samples) != rows:
+            raise BsqAudioError(f"{num_samples} samples make {self.frontend.num_rows(num_samples)} rows of "
+                                f"tokens, not {rows}")
+        windows = self.frontend.num_windows(num_samples)
+        gains = (torch.full((windows,), DEFAULT_GAIN_DB) if gains_db is None
+                 else torch.as_tensor(gains_db, dtype=torch.float32).reshape(-1))
+        if gains.shape != (windows,):
+            raise BsqAudioError(f"{gains.shape[0]} gains for {windows} windows of tokens")
+        codes = self.make_codes(array, gains, num_samples, source_rate or c.sample_rate, source_channels)
+        codes.check_gains()
+        return codes
+
     def check_compatible(self, codes: Codes) -> None:
         h, c = codes.header, self.config
         if h["model_hash"] != self.model_hash:

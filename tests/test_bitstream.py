@@ -471,7 +471,7 @@ def test_file_larger_than_any_bsq_file_is_refused_unread(tmp_path):
     with open(path, "wb") as handle:  # sparse: costs no disk
         handle.write(write_bsq(make_codes(16000)))
         handle.truncate(MAX_BSQ_BYTES + 1)
-    with pytest.raises(BsqAudioError, match="more than a .bsq file may have"):
+    with pytest.raises(BsqAudioError, match="more than a .bsq or token file may have"):
         load_bsq(path)
 
 
