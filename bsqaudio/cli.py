@@ -529,14 +529,18 @@ def info(
     source: Annotated[str, typer.Argument(help=".bsq file, or - for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Describe a .bsq file: model, duration, bitrate, windows, code bits."""
+    """Describe a .bsq file: model, code space, duration, bitrate, windows, code bits."""
     from bsqaudio.bitstream import load_bsq_arrays
+    from bsqaudio.code_space import release_of
 
     codes = load_bsq_arrays(source)
     h = codes.header
+    release = release_of(h["model_hash"]) or {}
     summary = {
         "model": h["model"],
         "model_hash": h["model_hash"],
+        "model_version": release.get("version", "unreleased"),
+        "code_space": release.get("code_space", "unknown (not a released model)"),
         "duration_s": round(codes.duration, 4),
         "bitrate_bps": codes.bitrate,
         "code_bits": h["code_bits"],
@@ -839,8 +843,12 @@ def export(
 def _print_version(value: bool) -> None:
     if value:
         from bsqaudio import __version__
+        from bsqaudio.code_space import embedded_release
 
-        typer.echo(f"bsqaudio {__version__}")
+        release = embedded_release()
+        model = (f"embedded model {release['version']} ({release['model_hash']}), code space {release['code_space']}"
+                 if release else "no embedded model")
+        typer.echo(f"bsqaudio {__version__}; {model}")
         raise typer.Exit()
 
 

@@ -8,6 +8,7 @@ CUDA. On CPU the same input gives the same codes on every run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from bsqaudio import code_space
 from bsqaudio.audio import (
     GRIFFIN_LIM_ITERATIONS,
     MAX_RATE,
@@ -221,13 +223,28 @@ class Codec:
         codes.check_gains()
         return codes
 
+    @functools.cached_property
+    def code_space(self) -> str:
+        """What this model's tokens mean (``bsqaudio.code_space``): files of this code space
+        decode with this model whichever model of it wrote them."""
+        return code_space.code_space_id(self.model)
+
     def check_compatible(self, codes: Codes) -> None:
+        """Refuse codes this model cannot decode: those of weights that are neither this model's
+        nor a released model of its code space (the registry), or of other settings."""
         h, c = codes.header, self.config
         if h["model_hash"] != self.model_hash:
-            raise BsqAudioError(
-                f"this file was encoded with model {h['model']} ({h['model_hash']}), but the loaded "
-                f"model is {c.name} ({self.model_hash}); pass --model with the model that wrote it"
-            )
+            release = code_space.release_of(h["model_hash"])
+            if release is None:
+                raise BsqAudioError(
+                    f"this file was encoded with model {h['model']} ({h['model_hash']}), which is not a "
+                    f"released model, but the loaded model is {c.name} ({self.model_hash}); pass --model "
+                    "with the model that wrote it")
+            if release["code_space"] != self.code_space:
+                raise BsqAudioError(
+                    f"this file was encoded with {release['version']} (code space {release['code_space']}), "
+                    f"but the loaded model {c.name} ({self.model_hash}) has code space {self.code_space}; "
+                    f"to decode it: {code_space.how_to_get(release)}")
         ours = (c.sample_rate, c.n_fft, c.hop_length, c.win_length, c.n_mels, c.window_frames,
                 c.patch_time, c.patch_freq, c.code_bits)
         theirs = tuple(h[k] for k in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels",
