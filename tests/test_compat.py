@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import torch
 
 from bsqaudio import BsqAudioError, Codec, read_bsq, write_bsq
 from bsqaudio.bitstream import FORMAT_VERSION, HEADER_FIELDS
+from bsqaudio.code_space import embedded_release, release_of
+from bsqaudio.token_files import load_codes
 
 DATA = Path(__file__).resolve().parent / "data"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
@@ -36,20 +37,13 @@ def pooled_mel_db(codec: Codec, codes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def codecs():
-    """name in the manifest ("tiny-model", "embedded") -> Codec, or the BsqAudioError loading it
-    raised (no embedded weights in this install)."""
+    """name in the manifest ("tiny-model", "embedded") -> Codec."""
     loaded = {}
 
-    def get(model: str):
+    def get(model: str) -> Codec:
         if model not in loaded:
-            try:
-                if model == "embedded":
-                    loaded[model] = Codec.from_pretrained(device="cpu", griffin_lim_iterations=4)
-                else:
-                    loaded[model] = Codec.from_pretrained(DATA / model, device="cpu",
-                                                          griffin_lim_iterations=4)
-            except BsqAudioError as err:
-                loaded[model] = err
+            folder = None if model == "embedded" else DATA / model
+            loaded[model] = Codec.from_pretrained(folder, device="cpu", griffin_lim_iterations=4)
         return loaded[model]
 
     return get
@@ -113,24 +107,27 @@ def test_tiny_model_is_the_recorded_one(codecs):
 
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_decodes_with_its_model(name, codecs):
+    """Each file decodes to its recorded spectrogram with the weights that wrote it; with another
+    decoder of its code space (a later release) it still decodes; a file of a model that is no
+    longer released fails naming the model it needs."""
     entry = MANIFEST[name]
     codes = read_bsq((DATA / name).read_bytes())
     codec = codecs(entry["model"])
-    if isinstance(codec, BsqAudioError):  # this install has no embedded weights at all
-        assert entry["model"] == "embedded"
-        assert "no default model" in str(codec)
-        warnings.warn(f"{name}: not decoded, no embedded model in this install", stacklevel=1)
-        return
     if codec.model_hash != entry["model_hash"]:
-        # The embedded model was replaced: the old file must still say which model it needs.
         assert entry["model"] == "embedded", "a stored model folder changed its hash"
-        with pytest.raises(BsqAudioError) as caught:
-            codec.decode(codes)
-        message = str(caught.value)
-        assert entry["model_name"] in message and entry["model_hash"] in message, message
-        assert "--model" in message and "\n" not in message
-        warnings.warn(f"{name}: the embedded model is now {codec.model_hash}; this file needs "
-                      f"{entry['model_name']} ({entry['model_hash']})", stacklevel=1)
+        release = release_of(entry["model_hash"])
+        if release is None:  # written by a model that was never released (tests/data/README.md)
+            with pytest.raises(BsqAudioError) as caught:
+                codec.decode(codes)
+            message = str(caught.value)
+            assert entry["model_name"] in message and entry["model_hash"] in message, message
+            assert "--model" in message and "\n" not in message
+            return
+        assert release["code_space"] == entry["code_space"] == codec.code_space, (
+            f"{name}: the embedded model left code space {entry['code_space']}: every file of it "
+            "would stop decoding")
+        wave = codec.decode(codes)  # a new decoder: other audio, the same tokens
+        assert wave.shape == (entry["header"]["num_samples"],) and wave.abs().max() > 1e-3
         return
     wave = codec.decode(codes)
     assert wave.dtype == torch.float32
@@ -142,6 +139,27 @@ def test_decodes_with_its_model(name, codecs):
     assert got.shape == expected.shape
     worst = float(np.abs(got - expected).max())
     assert worst < MEL_TOLERANCE_DB, f"{name}: decoded spectrogram moved by up to {worst:.2f} dB"
+
+
+NPZ_FILES = [name for name in FILES if "npz" in MANIFEST[name]]
+
+
+@pytest.mark.parametrize("name", NPZ_FILES)
+def test_frozen_token_files_hold_the_same_codes_as_their_bsq(name, codecs):
+    entry = MANIFEST[name]
+    data = (DATA / entry["npz"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["npz_sha256"], f"tests/data/{entry['npz']} was modified"
+    codes = load_codes(DATA / entry["npz"], codecs("embedded"))
+    stored = read_bsq((DATA / name).read_bytes())
+    assert codes.header == stored.header
+    assert torch.equal(codes.indices, stored.indices) and torch.equal(codes.gains_db, stored.gains_db)
+
+
+def test_manifest_model_files_include_the_current_release():
+    """Frozen files of the current embedded release exist, so its promise is tested too."""
+    release = embedded_release()
+    assert any(MANIFEST[name]["model_hash"] == release["model_hash"] for name in MODEL_FILES) or any(
+        MANIFEST[name].get("code_space") == release["code_space"] for name in MODEL_FILES)
 
 
 def test_wrong_model_names_the_model_the_file_needs(codecs):

@@ -1,10 +1,11 @@
 """How the frozen .bsq files in tests/data were made (format version 1). Kept as a record.
 
     python tests/data/make_compat_data.py            # writes into a scratch folder, compares
-    python tests/data/make_compat_data.py --write    # (re)writes tests/data: only when adding files
+    python tests/data/make_compat_data.py --add      # adds the files tests/data lacks (never rewrites)
 
-Do NOT rerun with --write to make tests/test_compat.py pass: those files are the compatibility
-promise. Files written by an older bsqaudio must keep decoding; if a deliberate format change breaks
+Do NOT rewrite stored files to make tests/test_compat.py pass: those files are the compatibility
+promise. The small-tone-1s and small-swell-12s files were written by a model that is no longer
+released (db96df47a73d58e4): this script can no longer make them, and ``--add`` keeps them. Files written by an older bsqaudio must keep decoding; if a deliberate format change breaks
 them, bump FORMAT_VERSION and add new files beside the old ones instead of replacing them.
 """
 
@@ -25,6 +26,8 @@ import torch
 import bsqaudio
 from bsqaudio import AudioBSQ, Codec, Codes, preset, read_bsq, write_bsq
 from bsqaudio.bitstream import FORMAT_VERSION
+from bsqaudio.code_space import decoder_id, embedded_release
+from bsqaudio.token_files import npz_bytes
 
 HERE = Path(__file__).resolve().parent
 RATE = 16000
@@ -77,8 +80,10 @@ def pooled_mel_db(codec: Codec, codes: Codes) -> np.ndarray:
     return mel_db[:frames].reshape(frames // 4, 4, -1, 4).mean(axis=(1, 3))
 
 
-def make(out: Path) -> dict:
-    """Write every file into ``out``; return the manifest."""
+def make(out: Path, keep: dict | None = None) -> dict:
+    """Write every file into ``out`` but those in ``keep`` (a stored manifest's entries, kept as
+    they are); return the manifest."""
+    keep = keep or {}
     tiny_dir = out / "tiny-model"
     tiny_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)  # the same weights as the tiny_model_dir fixture in tests/conftest.py
@@ -89,12 +94,12 @@ def make(out: Path) -> dict:
         ("tiny-tone-1s.bsq", "tiny-model", lambda: tiny.encode(torch.from_numpy(tone(1.0)), RATE, 1),
          "tiny preset, torch.manual_seed(0), saved as tests/data/tiny-model; encoded tone(1.0): "
          "1 s of 220+660+1870 Hz tones plus seeded noise"),
-        ("small-tone-1s.bsq", "embedded", lambda: small.encode(torch.from_numpy(tone(1.0)), RATE, 1),
-         "embedded default model (Codec.from_pretrained()); encoded tone(1.0)"),
-        ("small-swell-12s.bsq", "embedded",
+        ("small-v1-tone-1s.bsq", "embedded", lambda: small.encode(torch.from_numpy(tone(1.0)), RATE, 1),
+         "embedded bsqaudio-small-v1 (Codec.from_pretrained()); encoded tone(1.0)"),
+        ("small-v1-swell-12s.bsq", "embedded",
          lambda: small.encode(torch.from_numpy(tone(12.0, seed=1, swell=True)), RATE, 1),
-         "embedded default model; encoded tone(12.0, seed=1, swell=True): 2 windows, a partial "
-         "last window, two different gains"),
+         "embedded bsqaudio-small-v1; encoded tone(12.0, seed=1, swell=True): 2 windows, a partial "
+         "last window, two different gains; also stored as the token file small-v1-swell-12s.npz"),
         ("format-L1.bsq", None, lambda: format_codes(2 * 1024 * 160 + 2561, 1),
          "format only (no model): L=1, 3 windows (last one 2 rows), default geometry"),
         ("format-L63.bsq", None, lambda: format_codes(1024 * 160 + 1, 63, seed=1),
@@ -104,8 +109,10 @@ def make(out: Path) -> dict:
          "format only (no model): L=7, 5 patches a row, 3 rows a window: 105 code bits a "
          "window, so each window ends with 7 zero padding bits"),
     ]
-    manifest = {}
+    manifest = dict(keep)
     for name, model, make_codes, how in jobs:
+        if name in keep:
+            continue
         codes = make_codes()
         data = write_bsq(codes)
         (out / name).write_bytes(data)
@@ -129,6 +136,12 @@ def make(out: Path) -> dict:
             codec = tiny if model == "tiny-model" else small
             np.save(out / f"{stem}.mel_db.npy", pooled_mel_db(codec, back).astype(np.float16))
             entry["mel_db"] = f"{stem}.mel_db.npy"
+            entry["code_space"], entry["decoder"] = codec.code_space, decoder_id(codec.model)
+        if model == "embedded":
+            entry["model_version"] = embedded_release()["version"]
+            tokens = npz_bytes(back)
+            (out / f"{stem}.npz").write_bytes(tokens)
+            entry["npz"], entry["npz_sha256"] = f"{stem}.npz", hashlib.sha256(tokens).hexdigest()
         manifest[name] = entry
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -136,11 +149,11 @@ def make(out: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--write", action="store_true", help="write into tests/data")
+    parser.add_argument("--add", action="store_true", help="add the files tests/data lacks")
     args = parser.parse_args()
     assert FORMAT_VERSION == 1, "these files record format version 1"
-    if args.write:
-        manifest = make(HERE)
+    if args.add:
+        manifest = make(HERE, keep=json.loads((HERE / "manifest.json").read_text()))
     else:
         scratch = Path(tempfile.mkdtemp(prefix="bsq-compat-"))
         manifest = make(scratch)
