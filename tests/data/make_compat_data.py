@@ -4,9 +4,10 @@
     python tests/data/make_compat_data.py --add      # adds the files tests/data lacks (never rewrites)
 
 Do NOT rewrite stored files to make tests/test_compat.py pass: those files are the compatibility
-promise. The small-tone-1s and small-swell-12s files were written by a model that is no longer
-released (db96df47a73d58e4): this script can no longer make them, and ``--add`` keeps them. Files written by an older bsqaudio must keep decoding; if a deliberate format change breaks
-them, bump FORMAT_VERSION and add new files beside the old ones instead of replacing them.
+promise: files written by an older bsqaudio must keep decoding; if a deliberate format change
+breaks them, bump FORMAT_VERSION and add new files beside the old ones instead of replacing them.
+The small-tone-1s and small-swell-12s files were written by a model that was never released
+(db96df47a73d58e4): this script can no longer make them, and ``--add`` keeps them.
 """
 
 from __future__ import annotations
