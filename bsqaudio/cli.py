@@ -492,13 +492,14 @@ def roundtrip(
     source: Annotated[str, typer.Argument(help="Audio file, or - for stdin.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Audio file, or - (WAV on stdout).")],
     rate: Annotated[str, typer.Option(help="Output rate: 'model', 'source' or Hz.")] = "model",
-    plot: Annotated[Optional[Path], typer.Option(help="PNG of input and output spectrograms.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="PNG of the input's and the written audio's spectrograms and their difference.")] = None,
     model: ModelOpt = None, revision: RevisionOpt = None, device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8, threads: ThreadsOpt = None, force: ForceOpt = False, quiet: QuietOpt = False,
     allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Encode then decode, to hear (and see) what the codec keeps."""
-    from bsqaudio.audio import load_mono, write_audio_stream
+    from bsqaudio.audio import load_mono, resample_stream, write_audio_stream
 
     check_audio_output(output)
     check_output(output, force)
@@ -514,11 +515,17 @@ def roundtrip(
             codes = codec.encode_stream([wave], source_rate, channels, progress, wave.shape[0])
     sample_rate = output_rate(codes, rate)
     with progress_bar(not quiet, "decoding") as progress:
-        write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
+        if plot is None:
+            write_audio_stream(output, codec.decode_stream(codes, sample_rate, progress=progress), sample_rate)
+        else:  # decoded once, at the model's rate: what the plot shows is what was written
+            decoded = codec.decode(codes, progress=progress)
+            write_audio_stream(output, resample_stream([decoded], codec.config.sample_rate, sample_rate),
+                               sample_rate)
     if plot is not None:
-        from bsqaudio.plots import plot_roundtrip
+        from bsqaudio import plots
 
-        plot_roundtrip(codec, codes, plot, source_wave=wave)
+        plots.plot_roundtrip(codec.frontend, wave, decoded, plot,
+                             f"{Path(source).name}: {codes.bitrate:.0f} bit/s of codes ({codec.config.name})")
     if not quiet:
         err_console.print(f"{codes.duration:.2f} s at {codes.bitrate:.0f} bit/s "
                           f"({codes.code_bits}-bit codes, {plural(codes.header['num_windows'], 'window')})")

@@ -40,18 +40,43 @@ def plot_spectrograms(panels: list[tuple[str, torch.Tensor]], path: Path) -> Non
     write_bytes_atomic(Path(path), buffer.getvalue())
 
 
-def plot_roundtrip(codec, codes, path: Path, source_wave: torch.Tensor | None = None) -> None:
-    """Input (re-analysed from the decoded file's source) above the decoded spectrogram."""
-    mel = codec.decode_mel(codes)
-    frames = codec.frontend.num_frames(codes.num_samples)
-    gains = codes.gains_db.repeat_interleave(codec.config.window_frames)[: mel.shape[0]]
-    decoded_db = (10 * torch.log10(mel.clamp_min(1e-10)) - gains[:, None]).clamp(-80, 0)[:frames]
-    panels = [(f"decoded ({codes.bitrate:.0f} bit/s)", decoded_db)]
-    if source_wave is not None:
-        norm, _ = codec.frontend.analyze(source_wave)
-        source_db = ((norm - 1.0) * codec.config.db_range / 2).reshape(-1, codec.config.n_mels)
-        panels.insert(0, ("input", source_db[:frames]))
-    plot_spectrograms(panels, path)
+def mel_db(frontend, wave: torch.Tensor) -> torch.Tensor:
+    """(T,) audio -> (frames, n_mels) log-mel power in dB, floored 80 dB below its peak."""
+    power = frontend.power_mel(wave.float()[None])[0]
+    db = 10 * torch.log10(power.clamp_min(1e-10))
+    return db.clamp_min(float(db.max()) - 80.0)
+
+
+def plot_roundtrip(frontend, source: torch.Tensor, decoded: torch.Tensor, path: Path, title: str) -> None:
+    """Three panels over time (s) and frequency (Hz): the input's spectrogram, that of the audio
+    written (Griffin-Lim artefacts included), and output minus input in dB."""
+    plt = _pyplot()
+    c = frontend.config
+    length = min(source.shape[0], decoded.shape[0])
+    before, after = mel_db(frontend, source[:length]), mel_db(frontend, decoded[:length])
+    top = float(before.max())
+    seconds = before.shape[0] * c.hop_length / c.sample_rate
+    # Each mel band at its centre frequency: the peak of its triangular filter.
+    centres = frontend.mel_fb.argmax(dim=0).float() * c.sample_rate / c.n_fft
+    ticks = [i for i in range(0, c.n_mels, max(1, c.n_mels // 8))] + [c.n_mels - 1]
+    panels = [("input", before, dict(vmin=top - 80, vmax=top, cmap="magma"), "dB"),
+              ("decoded audio", after, dict(vmin=top - 80, vmax=top, cmap="magma"), "dB"),
+              ("decoded - input", after - before, dict(vmin=-20, vmax=20, cmap="RdBu_r"), "dB difference")]
+    fig, axes = plt.subplots(3, 1, figsize=(12, 9), squeeze=False)
+    for ax, (name, db, style, label) in zip(axes[:, 0], panels, strict=True):
+        image = ax.imshow(db.T.numpy(), origin="lower", aspect="auto", interpolation="nearest",
+                          extent=(0.0, seconds, -0.5, c.n_mels - 0.5), **style)
+        ax.set_title(name)
+        ax.set_yticks(ticks, [f"{centres[i]:.0f}" for i in ticks])
+        ax.set_ylabel("Hz (mel scale)")
+        fig.colorbar(image, ax=ax, label=label)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def plot_eval(report: dict, path: Path) -> None:

@@ -214,7 +214,7 @@ def test_user_errors(case, tmp_path, workdir, tiny_model_dir, other_model_dir):
 
 # -- the plot's input panel (in-process, to see what is plotted) ---------------------------------
 
-def test_roundtrip_plot_input_panel_is_the_input(tmp_path, tiny_model_dir, monkeypatch):
+def test_roundtrip_plot_shows_the_input_and_the_audio_written(tmp_path, tiny_model_dir, monkeypatch):
     from typer.testing import CliRunner
 
     import bsqaudio.plots
@@ -223,8 +223,8 @@ def test_roundtrip_plot_input_panel_is_the_input(tmp_path, tiny_model_dir, monke
 
     seen = {}
 
-    def fake_plot(codec, codes, path, source_wave=None):
-        seen["source_wave"] = source_wave
+    def fake_plot(frontend, source, decoded, path, title):
+        seen.update(source=source, decoded=decoded, title=title)
 
     monkeypatch.setattr(bsqaudio.plots, "plot_roundtrip", fake_plot)
     wav = write_wav(tmp_path / "in.wav", 1.0, seed=4)
@@ -233,4 +233,7 @@ def test_roundtrip_plot_input_panel_is_the_input(tmp_path, tiny_model_dir, monke
                                       str(tiny_model_dir), "--quiet"])
     assert result.exit_code == 0, result.output
     expected, _, _ = load_mono(wav, 16000)
-    torch.testing.assert_close(seen["source_wave"], expected)
+    torch.testing.assert_close(seen["source"], expected)
+    written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    torch.testing.assert_close(seen["decoded"], torch.from_numpy(written), atol=1 / 32768, rtol=0)
+    assert "in.wav" in seen["title"] and "bit/s" in seen["title"]
