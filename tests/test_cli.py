@@ -69,7 +69,7 @@ def test_python_dash_m_is_the_same_command():
     assert result.returncode == 0, result.stderr.decode()
     import bsqaudio
 
-    assert result.stdout.decode().strip() == f"bsqaudio {bsqaudio.__version__}"
+    assert result.stdout.decode().startswith(f"bsqaudio {bsqaudio.__version__}; embedded model ")
 
 
 # -- the happy paths ----------------------------------------------------------------------------
