@@ -720,3 +720,12 @@ def test_a_small_folder_still_gets_a_validation_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "validating on" in printed and "no file fell in --val-fraction" in printed
     assert len(json.loads((run / "cache" / "val" / "index.json").read_text())["names"]) == 1
+
+
+def test_plot_writes_the_training_figures(tmp_path, corpus):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "plotted"
+    train(settings(run, corpus, steps=3, plot=True, val_every=3, log_every=1, discriminator=True,
+                   disc_start=1, loss="l1"))
+    for name in ("losses.png", "val_spectrogram.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

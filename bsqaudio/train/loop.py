@@ -364,7 +364,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         if s.plot:
             from bsqaudio.train.plots import plot_run
 
-            plot_run(run.out, ema, frontend, val_wave[:1], run.device)
+            plot_run(run.out, ema, frontend, val_wave[:1], run.device, step)
         return metrics
 
     stop = StopFlag()
