@@ -124,6 +124,13 @@ def test_module_level_api(tiny_codec):
     assert out.shape == wave.shape
 
 
+def test_module_level_api_uses_the_embedded_model_by_default():
+    wave = signal(0.5)
+    codes = bsqaudio.encode(wave, RATE)  # no codec: the embedded default, loaded once
+    assert codes.header["model_hash"] == bsqaudio.Codec.from_pretrained().model_hash
+    assert bsqaudio.decode(codes).shape == wave.shape
+
+
 # -- compatibility ------------------------------------------------------------------------------
 
 def test_codes_from_another_model_are_refused(tiny_codec, other_model_dir):

@@ -68,8 +68,10 @@ def test_eval_reports_codec_and_oracle(tmp_path):
     # The oracle (unquantized mel, same inversion) bounds what the tokenizer can reach.
     assert row["oracle"]["mel_mae_db"] < row["codec"]["mel_mae_db"] < 8.0
     codes = report["mean"]["codes"]
-    assert 0.0 < codes["distinct_per_window"] <= 1.0
-    assert 0 <= codes["bits_outside_0.4_0.6"] <= 36 and 0 <= codes["copied_bits"] <= 36
+    # The shipped codes are used, not collapsed: on this clip 98.8 % of a window's codes are
+    # distinct, 3 of 36 bits fall outside 0.4-0.6 and 4 nearly copy another (session 8).
+    assert codes["distinct_per_window"] > 0.9
+    assert codes["bits_outside_0.4_0.6"] <= 8 and codes["copied_bits"] <= 8
 
 
 def test_eval_skips_unreadable_files_and_exits_nonzero(tmp_path):
