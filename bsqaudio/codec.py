@@ -160,6 +160,7 @@ class Codec:
         header = {
             "model": c.name,
             "model_hash": self.model_hash,
+            "code_space": self.code_space,
             "sample_rate": c.sample_rate,
             "n_fft": c.n_fft,
             "hop_length": c.hop_length,
@@ -233,7 +234,16 @@ class Codec:
         """Refuse codes this model cannot decode: those of weights that are neither this model's
         nor a released model of its code space (the registry), or of other settings."""
         h, c = codes.header, self.config
-        if h["model_hash"] != self.model_hash:
+        if "code_space" in h:  # format 2 names its code space: any decoder of it will do
+            if h["code_space"] != self.code_space:
+                known = next((r for r in code_space.registry() if r["code_space"] == h["code_space"]), None)
+                where = (f"; to decode it: {code_space.how_to_get(known)}" if known
+                         else "; pass --model with a model of that code space")
+                raise BsqAudioError(
+                    f"this file was encoded with model {h['model']} ({h['model_hash']}, code space "
+                    f"{h['code_space']}), but the loaded model {c.name} ({self.model_hash}) has code "
+                    f"space {self.code_space}{where}")
+        elif h["model_hash"] != self.model_hash:
             release = code_space.release_of(h["model_hash"])
             if release is None:
                 raise BsqAudioError(

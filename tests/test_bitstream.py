@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -157,10 +158,10 @@ def test_bitrate_is_50_tokens_per_second_times_bits():
 
 # -- malformed files ----------------------------------------------------------------------------
 
-def build(header, payload: bytes | None = None, *, magic=b"BSQA", version=FORMAT_VERSION,
+def build(header, payload: bytes | None = None, *, magic=b"BSQA", version=1,
           header_len: int | None = None, raw_header: bytes | None = None, fix_crc=True,
           extra: bytes = b"") -> bytes:
-    """Hand-craft a .bsq file: preamble, header JSON, payload, then a (correct) CRC32."""
+    """Hand-craft a format-1 .bsq file: preamble, header JSON, payload, then a (correct) CRC32."""
     head = raw_header if raw_header is not None else json.dumps(header).encode()
     if payload is None:
         h = header
@@ -623,3 +624,56 @@ def test_gains_inside_the_bound_pass(gain):
     codes.gains_db = torch.tensor([float("nan")])
     with pytest.raises(BsqAudioError, match="outside"):
         codes.check_gains()
+
+
+# -- format 2: the code space in a compact header ---------------------------------------------
+
+def format2(codes: Codes, code_space: str = "fedcba9876543210") -> Codes:
+    return Codes(codes.indices, codes.gains_db, {**codes.header, "code_space": code_space})
+
+
+@pytest.mark.parametrize("seconds", [0.3, 2.7, 21.0])
+def test_format_2_round_trips_with_a_header_of_tens_of_bytes(seconds):
+    v1 = make_codes(int(seconds * 16000), 36)
+    v2 = format2(v1)
+    old, new = write_bsq(v1), write_bsq(v2)
+    assert (old[4], new[4]) == (1, 2)
+    assert_codes_equal(read_bsq(new), v2)
+    header_len = struct.unpack_from("<I", new, 5)[0]
+    assert header_len == 49 + len("bsqaudio-test")
+    assert len(old) - len(new) > 200  # ~300 bytes of JSON become ~60
+    assert len(new) == file_size(v2.header)
+    assert_codes_equal(load_bsq(io.BytesIO(new)), v2)  # the stream reader knows it too
+
+
+def test_a_2_7_s_prompt_costs_about_2000_bit_s_in_format_2_not_2700():
+    codes = make_codes(int(2.7 * 16000), 36)  # 1800 bit/s of codes, the rest header and gains
+    assert len(write_bsq(codes)) * 8 / 2.7 > 2600
+    assert len(write_bsq(format2(codes))) * 8 / 2.7 < 2100
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    (lambda raw: raw[:30], "format 2 header is too short"),
+    (lambda raw: raw[:49] + b"\xff\xfe", "not UTF-8"),
+    (lambda raw: raw[:49], "model name must have"),
+    (lambda raw: raw[:49] + b"x" * 201, "model name must have"),
+    (lambda raw: raw[:16] + struct.pack("<I", 0) + raw[20:], "sample_rate"),
+])
+def test_damaged_format_2_headers_are_refused(damage, pattern):
+    data = write_bsq(format2(make_codes(16000, 36)))
+    header_len = struct.unpack_from("<I", data, 5)[0]
+    raw = damage(data[9: 9 + header_len])
+    rebuilt = data[:5] + struct.pack("<I", len(raw)) + raw + data[9 + header_len: -4]
+    expect_error(rebuilt + struct.pack("<I", zlib.crc32(rebuilt)), pattern)
+
+
+def test_code_space_belongs_to_format_2_only():
+    expect_error(build({**make_header(16000), "code_space": "fedcba9876543210"}), "format 1 header has no code_space")
+    with pytest.raises(BsqAudioError, match="16 hexadecimal digits"):
+        write_bsq(format2(make_codes(16000), code_space="not-hex"))
+    with pytest.raises(BsqAudioError, match="does not fit format 2"):
+        write_bsq(_with(format2(make_codes(16000)), source_sample_rate=2 ** 40))
+
+
+def _with(codes: Codes, **changes) -> Codes:
+    return Codes(codes.indices, codes.gains_db, {**codes.header, **changes})

@@ -53,18 +53,27 @@ def test_a_retrained_decoder_decodes_files_of_a_released_code_space(tmp_path, ti
     decoder = Codec(bsqaudio.from_pretrained(new), device="cpu", griffin_lim_iterations=2)
     assert decoder.model_hash != writer.model_hash
 
+    # Format 2 names the code space: the retrained decoder decodes the file as it is.
+    assert bsqaudio.read_bsq(bsqaudio.write_bsq(codes)).header["code_space"] == writer.code_space
+    audio = decoder.decode(codes)
+    assert audio.shape == (codes.num_samples,)
+    assert not torch.equal(audio, writer.decode(codes))  # the new decoder did the work
+    result = run_in_process("decode", _written(tmp_path / "v2.bsq", codes), "-o", tmp_path / "x.wav",
+                            "--model", other_model_dir)
+    assert result.exit == 1 and f"code space {writer.code_space}" in result.stderr, result.stderr
+
+    # Format 1 files name only the weights: the registry of released models says their code space.
+    old = type(codes)(codes.indices, codes.gains_db, {k: v for k, v in codes.header.items() if k != "code_space"})
     with pytest.raises(BsqAudioError, match="not a released model"):
-        decoder.decode(codes)  # its weights are in no registry: nothing says what they mean
+        decoder.decode(old)  # its weights are in no registry: nothing says what they mean
     release = {"version": "tiny-v1", "model": "bsqaudio-tiny", "model_hash": writer.model_hash,
                "code_space": writer.code_space, "decoder": decoder_id(writer.model),
                "source": "hub:bsqaudio/tiny@v1"}
     monkeypatch.setattr(code_space, "registry", lambda: (release,))
-    audio = decoder.decode(codes)
-    assert audio.shape == (codes.num_samples,)
-    assert not torch.equal(audio, writer.decode(codes))  # the new decoder did the work
+    assert torch.equal(decoder.decode(old), audio)
 
-    path = tmp_path / "a.bsq"
-    path.write_bytes(bsqaudio.write_bsq(codes))
+    path = _written(tmp_path / "a.bsq", old)
+    assert path.read_bytes()[4] == 1
     result = run_in_process("decode", path, "-o", tmp_path / "x.wav", "--model", other_model_dir)
     assert result.exit == 1 and result.stderr.count("\n") == 1
     assert f"tiny-v1 (code space {writer.code_space})" in result.stderr
@@ -75,3 +84,8 @@ def test_version_names_the_embedded_model_and_its_code_space():
     result = run_in_process("--version")
     release = embedded_release()
     assert result.exit == 0 and release["version"] in result.stdout and release["code_space"] in result.stdout
+
+
+def _written(path, codes):
+    path.write_bytes(bsqaudio.write_bsq(codes))
+    return path

@@ -1,4 +1,4 @@
-"""How the frozen .bsq files in tests/data were made (format version 1). Kept as a record.
+"""How the frozen .bsq files in tests/data were made (format versions 1 and 2). Kept as a record.
 
     python tests/data/make_compat_data.py            # writes into a scratch folder, compares
     python tests/data/make_compat_data.py --add      # adds the files tests/data lacks (never rewrites)
@@ -72,6 +72,11 @@ def format_codes(num_samples: int, code_bits: int, geometry=(160, 128, 1024, 16,
                  gains_db=torch.from_numpy(gains.astype(np.float32)), header=header)
 
 
+def format1(codes: Codes) -> Codes:
+    """The codes as format 1 writes them: no code space in the header."""
+    return Codes(codes.indices, codes.gains_db, {k: v for k, v in codes.header.items() if k != "code_space"})
+
+
 def pooled_mel_db(codec: Codec, codes: Codes) -> np.ndarray:
     """What the model decodes the tokens to, small enough to keep: the decoded mel in dB
     (floored at -100 dB), averaged over blocks of 4 frames x 4 mel bands."""
@@ -92,13 +97,15 @@ def make(out: Path, keep: dict | None = None) -> dict:
     tiny = Codec.from_pretrained(tiny_dir, device="cpu")
     small = Codec.from_pretrained(device="cpu")  # the embedded default model
     jobs = [
-        ("tiny-tone-1s.bsq", "tiny-model", lambda: tiny.encode(torch.from_numpy(tone(1.0)), RATE, 1),
+        ("tiny-tone-1s.bsq", "tiny-model", lambda: format1(tiny.encode(torch.from_numpy(tone(1.0)), RATE, 1)),
          "tiny preset, torch.manual_seed(0), saved as tests/data/tiny-model; encoded tone(1.0): "
          "1 s of 220+660+1870 Hz tones plus seeded noise"),
-        ("small-v1-tone-1s.bsq", "embedded", lambda: small.encode(torch.from_numpy(tone(1.0)), RATE, 1),
+        ("small-v1-tone-1s.bsq", "embedded", lambda: format1(small.encode(torch.from_numpy(tone(1.0)), RATE, 1)),
          "embedded bsqaudio-small-v1 (Codec.from_pretrained()); encoded tone(1.0)"),
+        ("small-v1-tone-1s.format2.bsq", "embedded", lambda: small.encode(torch.from_numpy(tone(1.0)), RATE, 1),
+         "the same as small-v1-tone-1s.bsq in format 2 (code space in the header, compact header)"),
         ("small-v1-swell-12s.bsq", "embedded",
-         lambda: small.encode(torch.from_numpy(tone(12.0, seed=1, swell=True)), RATE, 1),
+         lambda: format1(small.encode(torch.from_numpy(tone(12.0, seed=1, swell=True)), RATE, 1)),
          "embedded bsqaudio-small-v1; encoded tone(12.0, seed=1, swell=True): 2 windows, a partial "
          "last window, two different gains; also stored as the token file small-v1-swell-12s.npz"),
         ("format-L1.bsq", None, lambda: format_codes(2 * 1024 * 160 + 2561, 1),
@@ -118,7 +125,7 @@ def make(out: Path, keep: dict | None = None) -> dict:
         data = write_bsq(codes)
         (out / name).write_bytes(data)
         back = read_bsq(data)
-        stem = name[: -len(".bsq")]
+        stem = name[: -len(".bsq")].replace(".", "-")
         np.save(out / f"{stem}.indices.npy", back.indices.numpy())
         entry = {
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -138,7 +145,7 @@ def make(out: Path, keep: dict | None = None) -> dict:
             np.save(out / f"{stem}.mel_db.npy", pooled_mel_db(codec, back).astype(np.float16))
             entry["mel_db"] = f"{stem}.mel_db.npy"
             entry["code_space"], entry["decoder"] = codec.code_space, decoder_id(codec.model)
-        if model == "embedded":
+        if model == "embedded" and name.count(".") == 1:
             entry["model_version"] = embedded_release()["version"]
             tokens = npz_bytes(back)
             (out / f"{stem}.npz").write_bytes(tokens)
@@ -152,7 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--add", action="store_true", help="add the files tests/data lacks")
     args = parser.parse_args()
-    assert FORMAT_VERSION == 1, "these files record format version 1"
+    assert FORMAT_VERSION == 2, "these files record format versions 1 and 2"
     if args.add:
         manifest = make(HERE, keep=json.loads((HERE / "manifest.json").read_text()))
     else:

@@ -51,11 +51,11 @@ import numpy as np
 import torch
 
 from bsqaudio.bitstream import (
-    FORMAT_VERSION,
     HEADER_FIELDS,
     MAGIC,
     Codes,
     _encode_header,
+    header_version,
     payload_bytes,
     read_bsq,
     write_bsq,
@@ -121,6 +121,8 @@ def random_codes(rng: random.Random, max_windows: float = 3.0) -> Codes:
                          model_hash=f"{rng.getrandbits(64):016x}",
                          source_rate=rng.choice([8000, 16000, 44100, 48000, 96000]),
                          channels=rng.choice([1, 2, 6]))
+    if rng.random() < 0.5:  # format 2: the code space in a binary header
+        header["code_space"] = f"{rng.getrandbits(64):016x}"
     freq = header["n_mels"] // header["patch_freq"]
     np_rng = np.random.default_rng(rng.getrandbits(32))
     count = header["num_rows"] * freq
@@ -154,7 +156,7 @@ def raw_file(header: dict, gain: float = 10.0, code_byte: int = 0,
         rows = max(0, min(per_window, header["num_rows"] - w * per_window))
         body += struct.pack("<e", gain) + bytes([code_byte]) * payload_bytes(rows, freq,
                                                                              header["code_bits"])
-    return fix_crc(MAGIC + bytes([FORMAT_VERSION]) + struct.pack("<I", len(head)) + head +
+    return fix_crc(MAGIC + bytes([header_version(header)]) + struct.pack("<I", len(head)) + head +
                    bytes(body) + b"\0\0\0\0")
 
 
@@ -323,7 +325,8 @@ def header_edit(data: bytes, rng: random.Random, corpus: list[bytes]) -> tuple[b
     kind = rng.randrange(16)
     keys = list(HEADER_FIELDS)
     if not isinstance(header, dict):
-        header = json.loads(_encode_header(random_codes(rng, 1).header))
+        fresh = random_codes(rng, 1).header
+        header = {k: v for k, v in fresh.items() if k != "code_space"}  # JSON: a format 1 header
     if kind == 0:
         key = rng.choice(keys)
         header.pop(key, None)
@@ -411,7 +414,8 @@ def header_edit(data: bytes, rng: random.Random, corpus: list[bytes]) -> tuple[b
 def consistent_header(data: bytes, rng: random.Random, header: dict) -> bytes:
     """Change the geometry or length and recompute num_rows/num_windows so the header is valid;
     then often regenerate a payload of exactly the implied size (a new valid file)."""
-    header = {k: header.get(k, v) for k, v in random_codes(rng, 1).header.items()}
+    # A format 1 (JSON) header: its extreme values may not fit format 2's fixed-width fields.
+    header = {k: header.get(k, v) for k, v in random_codes(rng, 1).header.items() if k != "code_space"}
     for key in ("num_samples", "code_bits", "hop_length", "n_mels", "patch_freq", "patch_time",
                 "window_frames"):
         if not isinstance(header[key], int) or isinstance(header[key], bool) or header[key] <= 0:
@@ -457,7 +461,7 @@ def consistent_header(data: bytes, rng: random.Random, header: dict) -> bytes:
     else:
         parts = split(data)
         rest = parts[2] if parts else b""
-    return MAGIC + bytes([FORMAT_VERSION]) + struct.pack("<I", len(head)) + head + rest
+    return MAGIC + bytes([header_version(h)]) + struct.pack("<I", len(head)) + head + rest
 
 
 def mutate_once(data: bytes, rng: random.Random, corpus: list[bytes]) -> tuple[bytes, str]:
@@ -592,12 +596,27 @@ def reference_decode(data: bytes, header: dict) -> tuple[list[list[int]], list[f
     return codes, gains, padding_zero
 
 
+def v2_reference(raw: bytes) -> dict:
+    """A format 2 header decoded independently of the reader: the struct, the name, the counts."""
+    fields = struct.unpack("<8s8sIHHHHHHHBQIH", raw[:49])
+    names = ("code_space", "model_hash", "sample_rate", "n_fft", "hop_length", "win_length", "n_mels",
+             "window_frames", "patch_time", "patch_freq", "code_bits", "num_samples",
+             "source_sample_rate", "source_channels")
+    h = dict(zip(names, fields, strict=True))
+    h["code_space"], h["model_hash"], h["model"] = h["code_space"].hex(), h["model_hash"].hex(), raw[49:].decode()
+    h["num_rows"] = math.ceil(math.ceil(h["num_samples"] / h["hop_length"]) / h["patch_time"])
+    h["num_windows"] = math.ceil(h["num_rows"] / (h["window_frames"] // h["patch_time"]))
+    return h
+
+
 def check_codes(codes: Codes, data: bytes) -> None:
     """Assert everything the property says about an accepted file."""
     h = codes.header
-    assert isinstance(h, dict) and set(h) == set(HEADER_FIELDS), "header fields"
+    version = data[4]
+    assert isinstance(h, dict) and set(h) == set(HEADER_FIELDS) | ({"code_space"} if version == 2 else set()), \
+        "header fields"
     _, raw, _ = split(data)
-    assert h == json.loads(raw), "header differs from the file's JSON"
+    assert h == (json.loads(raw) if version == 1 else v2_reference(raw)), "header differs from the file's"
     for key, kind in HEADER_FIELDS.items():
         assert type(h[key]) is kind, f"{key} type"
         if kind is str:  # what the CLI prints (info, the model-mismatch error) must print
