@@ -37,6 +37,8 @@ import stat
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -525,7 +527,7 @@ def load_bsq(source: str | Path | BinaryIO) -> Codes:
 def load_bsq_arrays(source: str | Path | BinaryIO) -> CodeArrays:
     """As ``load_bsq``, the tokens as numpy arrays (no torch)."""
     name = str(source) if isinstance(source, (str, Path)) else "<stream>"
-    try:
+    with reading(name, "a .bsq file"):
         if name == "-":
             data = _read_stream(sys.stdin.buffer)
         elif isinstance(source, (str, Path)):
@@ -533,10 +535,17 @@ def load_bsq_arrays(source: str | Path | BinaryIO) -> CodeArrays:
         else:
             data = _read_stream(source)
         return read_bsq_arrays(data)
+
+
+@contextmanager
+def reading(name: str, what: str) -> Iterator[None]:
+    """Errors while reading the file ``name`` as one line naming it (``what`` it should be)."""
+    try:
+        yield
     except FileNotFoundError:
         raise BsqAudioError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise BsqAudioError(f"{name}: is a directory, not a .bsq file") from None
+        raise BsqAudioError(f"{name}: is a directory, not {what}") from None
     except PermissionError:
         raise BsqAudioError(f"{name}: permission denied") from None
     except OSError as err:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from bsqaudio.bitstream import (
     Codes,
     load_bsq,
     read_file_bounded,
+    reading,
     validate_header,
     write_bsq,
 )
@@ -174,7 +176,7 @@ def load_token_file(source: str | Path, codec, group: int | None = None) -> Code
     sub-token view the file was written with (.npz always holds full codes)."""
     path = Path(source)
     suffix = path.suffix.lower()
-    try:
+    with reading(str(path), "a token file"):
         data = read_file_bounded(path)
         if suffix == ".npz":
             if group is not None:
@@ -194,17 +196,10 @@ def load_token_file(source: str | Path, codec, group: int | None = None) -> Code
         if group is not None:
             tokens = join_tokens(tokens, codec.config.code_bits, group)
         duration, source_rate = record.get("duration_s"), record.get("sample_rate")
-        num_samples = round(duration * codec.config.sample_rate) if isinstance(duration, (int, float)) else None
+        plausible = isinstance(duration, (int, float)) and math.isfinite(duration) and 0 < duration < 1e7
+        num_samples = round(duration * codec.config.sample_rate) if plausible else None
         return codec.codes_from_tokens(tokens, gains, num_samples=num_samples or None,
                                        source_rate=source_rate if isinstance(source_rate, int) else None)
-    except FileNotFoundError:
-        raise BsqAudioError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BsqAudioError(f"{path}: is a directory, not a token file") from None
-    except OSError as err:
-        raise BsqAudioError(f"{path}: cannot read ({err.strerror or err})") from None
-    except BsqAudioError as err:
-        raise BsqAudioError(f"{path}: {err}") from None
 
 
 def _load_array(data: bytes, what: str) -> np.ndarray:
