@@ -20,12 +20,12 @@ _WHERE = {
     "BsqAudioError": "bsqaudio.errors",
     "Codec": "bsqaudio.codec", "decode": "bsqaudio.codec", "encode": "bsqaudio.codec",
     "Codes": "bsqaudio.bitstream", "load_bsq": "bsqaudio.bitstream", "read_bsq": "bsqaudio.bitstream",
-    "write_bsq": "bsqaudio.bitstream",
+    "save_bsq": "bsqaudio.bitstream", "write_bsq": "bsqaudio.bitstream",
     "from_pretrained": "bsqaudio.hub", "save_pretrained": "bsqaudio.hub",
 }
 
 __all__ = ["AudioBSQ", "BsqAudioError", "Codec", "Codes", "ModelConfig", "__version__", "decode",
-           "encode", "from_pretrained", "load_bsq", "preset", "read_bsq", "save_pretrained",
+           "encode", "from_pretrained", "load_bsq", "preset", "read_bsq", "save_bsq", "save_pretrained",
            "write_bsq"]
 
 

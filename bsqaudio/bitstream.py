@@ -518,6 +518,15 @@ def read_file_bounded(path: Path) -> bytes:
         return _read_at_most(handle, MAX_BSQ_BYTES + 1)
 
 
+def save_bsq(codes: Codes, path: str | Path) -> Path:
+    """Write ``codes`` to a .bsq file at ``path`` (the pair of ``load_bsq``), atomically: a
+    temporary file renamed into place, so a crash leaves the old file or the new one."""
+    from bsqaudio.io.atomic import write_bytes_atomic
+
+    write_bytes_atomic(Path(path), write_bsq(codes))
+    return Path(path)
+
+
 def load_bsq(source: str | Path | BinaryIO) -> Codes:
     """Read a .bsq file from a path, ``-`` (stdin) or a binary file object. A path must be a
     regular file; stdin and file objects are read only as far as the header allows."""

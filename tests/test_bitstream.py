@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bsqaudio
 from bsqaudio import BsqAudioError, Codes, load_bsq, read_bsq, write_bsq
 from bsqaudio.bitstream import FORMAT_VERSION, MAX_HEADER_BYTES, file_size
 
@@ -677,3 +678,10 @@ def test_code_space_belongs_to_format_2_only():
 
 def _with(codes: Codes, **changes) -> Codes:
     return Codes(codes.indices, codes.gains_db, {**codes.header, **changes})
+
+
+def test_save_bsq_and_load_bsq_are_a_pair(tmp_path):
+    codes = make_codes(40000, 36)
+    path = bsqaudio.save_bsq(codes, tmp_path / "a.bsq")
+    assert_codes_equal(bsqaudio.load_bsq(path), codes)
+    assert path.read_bytes() == write_bsq(codes) and list(tmp_path.iterdir()) == [path]  # no temporary left
