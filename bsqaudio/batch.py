@@ -23,7 +23,7 @@ from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomic
 from bsqaudio.io.inputs import Job, output_path
 from bsqaudio.pipeline import encode_sources, failure_reason
-from bsqaudio.token_files import file_bytes, jsonl_record, load_codes
+from bsqaudio.token_files import file_bytes, jsonl_record, load_job
 
 
 @dataclass
@@ -188,12 +188,12 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
         if tally.already_done(job, target, skip_existing, set()):
             continue
         try:
-            codes = load_codes(job.source, codec, group)
+            codes = load_job(job, codec, group)
             sample_rate = resolve_rate(codes, rate)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_audio_stream(target, codec.decode_stream(codes, sample_rate), sample_rate)
         except Exception as err:  # one bad file must not end a batch of 100k
-            tally.failed(job, failure_reason(job.source, err))
+            tally.failed(job, failure_reason(Path(job.label), err))
             continue
         tally.done(job, codes, target)
     return tally.finish()

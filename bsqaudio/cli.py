@@ -193,7 +193,7 @@ ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="K/N: take a de
 
 
 def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str | None, shard: str | None,
-               out_dir: Path | None, fmt: str, suffixes=None) -> tuple[list, list[Path] | None]:
+               out_dir: Path | None, fmt: str, suffixes=None, expand=None) -> tuple[list, list[Path] | None]:
     """This run's jobs and their output files (None for a jsonl stream), checked as a whole
     before any work: every input once, no two inputs to one output (across all shards)."""
     from bsqaudio.io import inputs
@@ -206,6 +206,8 @@ def batch_jobs(sources: list[str], from_: str | None, recursive: bool, glob: str
     jobs, notices = inputs.drop_duplicates(jobs)
     for notice in notices:
         err_console.print(f"bsqaudio: {notice}", highlight=False, markup=False, soft_wrap=True)
+    if expand is not None:  # a file of many records: a job each (decode of jsonl)
+        jobs = expand(jobs)
     targets = None
     if out_dir is not None:
         targets = [inputs.output_path(out_dir, job, fmt) for job in jobs]
@@ -478,7 +480,7 @@ def decode(
         check_output(str(errors), force=True)
     prepare_out_dir(out_dir)
     jobs, targets = batch_jobs(sources, from_, recursive, None, shard, out_dir, audio_format,
-                               suffixes=(".bsq", *token_files.TOKEN_SUFFIXES))
+                               suffixes=(".bsq", *token_files.TOKEN_SUFFIXES), expand=token_files.expand_records)
     check_targets(targets, force, skip_existing)
     codec = load_codec(model, revision, rank_device(device), batch_size, threads)
     group = token_files.parse_view(view, codec.config.code_bits) if view else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from bsqaudio.bitstream import (
     write_bsq,
 )
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.io.inputs import Job
+from bsqaudio.io.inputs import Job, mirrored
 
 FORMATS = ("bsq", "npy", "jsonl", "npz")  # what `encode --format` writes
 TOKEN_SUFFIXES = (".npy", ".npz", ".jsonl")  # what `decode` reads besides .bsq
@@ -129,6 +130,8 @@ def jsonl_record(job: Job, codes: Codes | CodeArrays, group: int | None = None) 
         "sample_rate": codes.header["source_sample_rate"],
         "bitrate_bps": codes.bitrate,
         "code_bits": codes.code_bits,
+        "model": codes.header["model"],
+        "code_space": codes.header.get("code_space"),
         "view": view_name(group),
         "gains_db": [float(g) for g in np.asarray(codes.gains_db)],  # float16 values: exact, short
         "tokens": tokens.tolist(),
@@ -171,6 +174,53 @@ def load_codes(source: str | Path, codec, group: int | None = None) -> Codes:
     return load_bsq(source)
 
 
+def jsonl_records(path: Path) -> list[dict]:
+    """The records of a jsonl token file, each a dict with ``tokens`` (bounded, as for one)."""
+    with reading(str(path), "a token file"):
+        data = read_file_bounded(path)
+        if len(data) > MAX_JSONL_BYTES:
+            raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token file may be")
+        records = []
+        for number, line in enumerate(data.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(_jsonl_record(line))
+                except BsqAudioError as err:
+                    raise BsqAudioError(f"line {number}: {err}") from None
+        return records
+
+
+def expand_records(jobs: list[Job]) -> list[Job]:
+    """Jobs with each many-record jsonl file replaced by a job per record, named under a folder
+    of the file's name by the record's ``path`` below the folder all its records share (records
+    from ``encode corpus/`` keep corpus/'s tree) or, without one, by its number:
+    ``tokens.jsonl`` -> ``tokens/song.wav``, ``tokens/sub/other.wav``, ``tokens/000003.wav``."""
+    out = []
+    for job in jobs:
+        if job.source.suffix.lower() != ".jsonl" or not job.source.is_file():
+            out.append(job)
+            continue
+        records = jsonl_records(job.source)
+        if len(records) == 1:
+            out.append(job)
+            continue
+        names = [Path(r["path"]) if isinstance(r.get("path"), str) and r["path"].strip("/. ")
+                 else Path(f"{i + 1:06d}") for i, r in enumerate(records)]
+        names = mirrored(names)
+        root = Path(os.path.commonpath([str(name.parent) for name in names])) if names else Path()
+        folder = job.relative.with_suffix("")
+        out += [Job(job.source, folder / name.relative_to(root), i) for i, name in enumerate(names)]
+    return out
+
+
+def load_job(job: Job, codec, group: int | None = None) -> Codes:
+    """The codes of a batch job: a whole file, or one record of a jsonl file."""
+    if job.record is None:
+        return load_codes(job.source, codec, group)
+    with reading(job.label, "a token record"):
+        return _codes_from_record(jsonl_records(job.source)[job.record], codec, group)
+
+
 def load_token_file(source: str | Path, codec, group: int | None = None) -> Codes:
     """A .npz, .npy or single-record .jsonl token file -> Codes for ``codec``. ``group``: the
     sub-token view the file was written with (.npz always holds full codes)."""
@@ -186,20 +236,33 @@ def load_token_file(source: str | Path, codec, group: int | None = None) -> Code
             return codes
         if suffix == ".npy":
             tokens = _load_array(data, "token array")
-            gains = None
-            record = {}
-        elif suffix == ".jsonl":
-            record = _jsonl_record(data)
-            tokens, gains, group = _jsonl_tokens(record, group, codec.config.code_bits)
-        else:
-            raise BsqAudioError("not a token file (.npy, .npz or .jsonl)")
-        if group is not None:
-            tokens = join_tokens(tokens, codec.config.code_bits, group)
-        duration, source_rate = record.get("duration_s"), record.get("sample_rate")
-        plausible = isinstance(duration, (int, float)) and math.isfinite(duration) and 0 < duration < 1e7
-        num_samples = round(duration * codec.config.sample_rate) if plausible else None
-        return codec.codes_from_tokens(tokens, gains, num_samples=num_samples or None,
-                                       source_rate=source_rate if isinstance(source_rate, int) else None)
+            if group is not None:
+                tokens = join_tokens(tokens, codec.config.code_bits, group)
+            return codec.codes_from_tokens(tokens)
+        if suffix == ".jsonl":
+            if len(data) > MAX_JSONL_BYTES:
+                raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token file may be")
+            lines = [line for line in data.splitlines() if line.strip()]
+            if len(lines) != 1:
+                raise BsqAudioError(f"holds {len(lines)} records: decode them with --out-dir (one file each)")
+            return _codes_from_record(_jsonl_record(lines[0]), codec, group)
+        raise BsqAudioError("not a token file (.npy, .npz or .jsonl)")
+
+
+def _codes_from_record(record: dict, codec, group: int | None) -> Codes:
+    """One jsonl record (tokens in its view, gains, duration, source rate) -> Codes for ``codec``."""
+    written = record.get("code_space")
+    if isinstance(written, str) and written != codec.code_space:
+        raise BsqAudioError(f"its tokens are of code space {written} ({record.get('model', 'another model')}); "
+                            f"the loaded model's is {codec.code_space}")
+    tokens, gains, group = _jsonl_tokens(record, group, codec.config.code_bits)
+    if group is not None:
+        tokens = join_tokens(tokens, codec.config.code_bits, group)
+    duration, source_rate = record.get("duration_s"), record.get("sample_rate")
+    plausible = isinstance(duration, (int, float)) and math.isfinite(duration) and 0 < duration < 1e7
+    num_samples = round(duration * codec.config.sample_rate) if plausible else None
+    return codec.codes_from_tokens(tokens, gains, num_samples=num_samples or None,
+                                   source_rate=source_rate if isinstance(source_rate, int) else None)
 
 
 def _load_array(data: bytes, what: str) -> np.ndarray:
@@ -248,15 +311,9 @@ def _codes_from_npz(data: bytes) -> Codes:
     return codes
 
 
-def _jsonl_record(data: bytes) -> dict:
-    if len(data) > MAX_JSONL_BYTES:
-        raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token line may be")
-    lines = [line for line in data.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise BsqAudioError(f"holds {len(lines)} records; decode takes a file of one (split it, "
-                            "e.g. with `split -l 1`)")
+def _jsonl_record(line: bytes) -> dict:
     try:
-        record = json.loads(lines[0])
+        record = json.loads(line)
     except ValueError as err:
         raise BsqAudioError(f"not a token record ({err})") from None
     if not isinstance(record, dict) or "tokens" not in record:

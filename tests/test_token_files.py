@@ -149,3 +149,35 @@ def test_npz_of_another_model_is_refused_by_name(tmp_path, tiny_codec, other_mod
     result = run_in_process("decode", path, "-o", tmp_path / "x.wav", "--model", other_model_dir)
     assert result.exit == 1 and "encoded with model" in result.stderr, result.stderr
     assert json.loads(str(np.load(path)["header"]))["model_hash"] == tiny_codec.model_hash
+
+
+def test_a_jsonl_of_many_records_decodes_to_a_file_each(tmp_path, tiny_model_dir, wav_writer):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    sf.write(folder / "a.wav", sf.read(wav_writer("x.wav", 1.2))[0], 16000)
+    sf.write(folder / "sub" / "b.wav", sf.read(wav_writer("y.wav", 2.0, seed=3))[0], 16000)
+    tokens = tmp_path / "t.jsonl"
+    model = ["--model", tiny_model_dir, "--device", "cpu"]
+    encoded = run_in_process("encode", folder, "--format", "jsonl", "--tokens", "bits", "-o", tokens, *model, "-q")
+    assert encoded.exit == 0, encoded.stderr
+    single = run_in_process("decode", tokens, "-o", tmp_path / "single.wav", *model)
+    assert single.exit == 1 and "holds 2 records" in single.stderr and "--out-dir" in single.stderr
+    out = tmp_path / "out"
+    result = run_in_process("decode", tokens, "--out-dir", out, *model, "-q")
+    assert result.exit == 0, result.stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav"))
+    assert made == ["t/a.wav", "t/sub/b.wav"]  # under the file's name, the encoded folder's tree
+    durations = sorted(sf.info(str(p)).duration for p in out.rglob("*.wav"))
+    assert durations == [1.2, 2.0]
+
+
+def test_records_that_collide_or_come_from_another_code_space_are_refused(tmp_path, tiny_codec, tiny_model_dir):
+    record = {"path": "same.wav", "tokens": [1] * 8}
+    tokens = tmp_path / "t.jsonl"
+    tokens.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+    result = run_in_process("decode", tokens, "--out-dir", tmp_path / "out", "--model", tiny_model_dir)
+    assert result.exit == 1 and "(record 1) and" in result.stderr and "(record 2)" in result.stderr
+    other = tmp_path / "o.jsonl"
+    other.write_text(json.dumps({**record, "code_space": "0123456789abcdef", "model": "elsewhere"}) + "\n")
+    with pytest.raises(BsqAudioError, match="code space 0123456789abcdef"):
+        load_codes(other, tiny_codec)

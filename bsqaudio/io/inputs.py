@@ -27,6 +27,12 @@ MAX_LIST_BYTES = 1 << 30  # a path list of ~10M paths; anything larger is not a 
 class Job:
     source: Path
     relative: Path  # where the output goes under the output folder (suffix replaced)
+    record: int | None = None  # a line of a many-record token file (jsonl), counted from 0
+
+    @property
+    def label(self) -> str:
+        """The input as messages name it."""
+        return str(self.source) if self.record is None else f"{self.source} (record {self.record + 1})"
 
 
 def read_path_list(source: str) -> list[str]:
@@ -44,7 +50,7 @@ def read_path_list(source: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _mirrored(paths: list[Path]) -> list[Path]:
+def mirrored(paths: list[Path]) -> list[Path]:
     """Where listed files go under an output folder: a plain relative path stays as it is; absolute
     paths and paths through ``..`` are placed by their path below the deepest folder they all share,
     as a folder input mirrors its tree (``/p1/x.wav`` and ``/p2/x.wav`` -> ``p1/x.wav``, ``p2/x.wav``)."""
@@ -60,7 +66,7 @@ def gather(items: Iterable[str], recursive: bool = True, pattern: str | None = N
            suffixes: Iterable[str] = AUDIO_SUFFIXES) -> list[Job]:
     """Files and folders -> jobs. A folder contributes its audio files (``pattern`` filters by
     name), each placed under the output folder by its path relative to that folder; listed files
-    are placed as ``_mirrored`` says. Files that do not exist are kept as jobs, so that they are
+    are placed as ``mirrored`` says. Files that do not exist are kept as jobs, so that they are
     reported as failures rather than silently dropped."""
     wanted = {s.lower() for s in suffixes}
     jobs: list[Job] = []
@@ -75,7 +81,7 @@ def gather(items: Iterable[str], recursive: bool = True, pattern: str | None = N
             jobs.extend(Job(p, p.relative_to(path)) for p in found)
         else:
             files.append(path)
-    jobs.extend(Job(p, r) for p, r in zip(files, _mirrored(files), strict=True))
+    jobs.extend(Job(p, r) for p, r in zip(files, mirrored(files), strict=True))
     return jobs
 
 
@@ -138,5 +144,5 @@ def check_collisions(jobs: list[Job], targets: list[Path]) -> None:
     for job, target in zip(jobs, targets, strict=True):
         other = first.setdefault(target, job)
         if other is not job:
-            raise BsqAudioError(f"{other.source} and {job.source} would both be written to {target}; "
+            raise BsqAudioError(f"{other.label} and {job.label} would both be written to {target}; "
                                 "leave one out (--glob, or a path list) or encode them separately")
