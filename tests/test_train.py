@@ -729,3 +729,12 @@ def test_plot_writes_the_training_figures(tmp_path, corpus):
                    disc_start=1, loss="l1"))
     for name in ("losses.png", "val_spectrogram.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_validation_split_does_not_move_with_the_corpus():
+    from bsqaudio.train.data import validation_rank
+
+    names = [f"clip{i}.flac" for i in range(200)]
+    here = [validation_rank(Path("/data/corpus") / n) for n in names]
+    assert here == [validation_rank(Path("/mnt/copy/of/corpus") / n) for n in names]
+    assert 0.0 < min(here) < 0.05 < max(here) < 1.0  # a spread, not a constant

@@ -37,8 +37,9 @@ def input_of_each_file(inputs: list[str | Path], names: list[str]) -> torch.Tens
 
 
 def validation_rank(path: Path) -> float:
-    """A file's place in the validation split, in [0, 1]: the same file always gets the same one."""
-    return int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    """A file's place in the validation split, in [0, 1], from its name alone: the same file gets
+    the same place wherever the corpus lies (the whole path made a moved corpus split anew)."""
+    return int(hashlib.sha1(Path(path).name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 def is_validation(path: Path, fraction: float) -> bool:
