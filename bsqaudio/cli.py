@@ -29,7 +29,7 @@ app = typer.Typer(
     name="bsqaudio",
     help="Audio tokenizer and codec after BSQ-ViT: audio -> L-bit tokens (50 a second) -> audio.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     # Plain Click help: rich markup ate "[windows, 512]" and "[default: ...]" in option help, and its
     # panels truncated option names at 80 columns.
@@ -568,7 +568,42 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
-@app.command(epilog="Examples:\n\n  bsqaudio train corpus/ --out runs/small\n\n"
+# `train --help` in sections, by option name (plain Click help has no rich panels).
+TRAIN_OPTION_GROUPS = {
+    "Run": ["--out", "--resume", "--force", "--steps", "--max-minutes", "--checkpoint-every", "--seed",
+            "--device", "--compile", "--grad-checkpointing", "--plot", "--export-dtype"],
+    "Model": ["--preset", "--set", "--init-from", "--freeze-encoder"],
+    "Data": ["--val-dir", "--val-fraction", "--val-every", "--val-windows", "--cache", "--batch-per-input",
+             "--spec-augment", "--time-masks", "--time-mask-width", "--freq-masks", "--freq-mask-width"],
+    "Optimisation": ["--batch-size", "--grad-accum", "--lr", "--lr-per-sample", "--warmup", "--loss",
+                     "--ema-decay"],
+    "Quantizer": ["--quantizer-weight", "--codebook-weight", "--codebook-group", "--window-balance-weight"],
+    "Adversarial decoder (GAN)": ["--discriminator", "--disc-start", "--disc-weight", "--disc-lr",
+                                  "--feature-match-weight"],
+}
+
+
+class GroupedOptions(typer.core.TyperCommand):
+    """Options listed under TRAIN_OPTION_GROUPS' headings (any not named there under "Other")."""
+
+    def format_options(self, ctx, formatter) -> None:
+        rows = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and param.param_type_name == "option":
+                rows[param.opts[0]] = record
+        placed = set()
+        for heading, names in TRAIN_OPTION_GROUPS.items():
+            records = [rows[name] for name in names if name in rows]
+            placed.update(names)
+            with formatter.section(f"{heading} options"):
+                formatter.write_dl(records)
+        rest = [record for name, record in rows.items() if name not in placed]
+        with formatter.section("Other options"):
+            formatter.write_dl(rest)
+
+
+@app.command(cls=GroupedOptions, epilog="Examples:\n\n  bsqaudio train corpus/ --out runs/small\n\n"
                     "  bsqaudio train corpus/ --out runs/small --resume\n\n"
                     "  torchrun --nproc-per-node 8 -m bsqaudio train corpus/ --out runs/base "
                     "--preset base --batch-size 32 --lr-per-sample 4e-7")
@@ -612,7 +647,7 @@ def train(
         help="Feature matching beside the hinge loss, within --disc-weight.")] = 1.0,
     ema_decay: Annotated[float, typer.Option(help="Decay of the weights' moving average (what is exported).")] = 0.999,
     val_fraction: Annotated[float, typer.Option(
-        help="Share of files held out for validation (by a hash of the path).")] = 0.05,
+        help="Share of files held out for validation (by a hash of the file name).")] = 0.05,
     val_dir: Annotated[Optional[list[str]], typer.Option(help="Validation folders (instead of a split).")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every this many steps.")] = 500,
     val_windows: Annotated[int, typer.Option(help="Validation windows (the first of each file).")] = 32,
@@ -906,7 +941,7 @@ def run() -> None:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     warnings.showwarning = show_warning
     try:
-        app()
+        app(prog_name="bsqaudio")  # also under python -m bsqaudio: usage and completion say bsqaudio
     except BsqAudioError as err:
         if STATE["debug"]:
             raise

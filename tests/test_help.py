@@ -22,7 +22,9 @@ def test_help_fits_80_columns_and_explains_every_option(command):
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 80
     assert "…" not in result.stdout and "<bool>" not in result.stdout
-    options = result.stdout.split("\nOptions:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    sections = re.split(r"\n(?:[A-Z][\w ()]*)?[Oo]ptions:\n", result.stdout)[1:]
+    assert sections, result.stdout
+    options = [line for section in sections for line in section.split("\n\n", 1)[0].splitlines()]
     for index, line in enumerate(options):
         if not re.match(r"^  -", line):
             continue
@@ -35,3 +37,26 @@ def test_option_help_keeps_its_brackets():
     text = run_in_process("encode", "--help").stdout
     assert "[windows, 512]" in " ".join(text.split())
     assert "[default: CPU cores - 2, at least 0]" in " ".join(text.split())
+
+
+def test_train_options_are_grouped_and_none_is_lost():
+    text = run_in_process("train", "-h").stdout
+    headings = re.findall(r"^(\w[\w ()]*) options:$", text, flags=re.M)
+    assert headings[:3] == ["Run", "Model", "Data"] and "Adversarial decoder (GAN)" in headings
+    from bsqaudio.cli import TRAIN_OPTION_GROUPS
+
+    listed = [name for names in TRAIN_OPTION_GROUPS.values() for name in names]
+    assert len(listed) == len(set(listed))
+    for name in listed:
+        assert re.search(rf"^  (-\w, )?{re.escape(name)}\b", text, flags=re.M), name
+
+
+def test_completion_for_bash_is_offered():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_BSQAUDIO_COMPLETE": "complete_bash", "COMP_WORDS": "bsqaudio enc", "COMP_CWORD": "1"}
+    result = subprocess.run([sys.executable, "-m", "bsqaudio"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.split() == ["encode"]
