@@ -208,7 +208,7 @@ class Codec:
         array = array[:rows]
         if rows == 0:
             raise BsqAudioError("no tokens (every row is padding)")
-        if ((array < 0) | (array >= 1 << c.code_bits)).any():
+        if ((array >> c.code_bits) != 0).any():  # negative ones too: the shift keeps the sign
             raise BsqAudioError(f"a token is outside [0, 2**{c.code_bits}) (or -1 inside the tokens)")
         full = rows * c.patch_time * c.hop_length
         num_samples = full if num_samples is None else int(num_samples)
