@@ -530,7 +530,7 @@ def test_in_process_runner_sees_what_a_terminal_sees(tmp_path):
     """The table's runner catches warnings and uncaught exceptions as a terminal would show them."""
     from bsqaudio import cli
 
-    def noisy():
+    def noisy(**_):  # run() calls app(prog_name=...)
         warnings.warn("something odd", UserWarning, stacklevel=1)
         raise ValueError("boom")
 

@@ -10,7 +10,7 @@ import soundfile as sf
 from cli_inprocess import run_in_process
 from conftest import write_wav
 
-from bsqaudio import cli
+from bsqaudio.cli import common
 from bsqaudio.errors import BsqAudioError
 
 
@@ -62,12 +62,12 @@ def test_binary_output_is_not_written_to_a_terminal(monkeypatch):
         def isatty(self) -> bool:
             return True
 
-    monkeypatch.setattr(cli.sys, "stdout", Terminal())
+    monkeypatch.setattr(common.sys, "stdout", Terminal())
     with pytest.raises(BsqAudioError, match="to a terminal"):
-        cli.check_token_output("-", "bsq")
+        common.check_token_output("-", "bsq")
     with pytest.raises(BsqAudioError, match="to a terminal"):
-        cli.check_audio_output("-")
-    cli.check_token_output("-", "jsonl")  # text is fine
+        common.check_audio_output("-")
+    common.check_token_output("-", "jsonl")  # text is fine
 
 
 def truncated_wav(folder, name="cut.wav"):

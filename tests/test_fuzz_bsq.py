@@ -366,13 +366,13 @@ def test_cli_rejects_mutated_files_with_one_line(tmp_path, tiny_codec, tiny_mode
 def test_cli_info_on_a_file_that_was_accepted_before_the_fix(tmp_path):
     """A lone surrogate in the model name made `bsqaudio info` die with a UnicodeEncodeError
     traceback; now it is a one-line error (checked in-process: no model needed)."""
-    from bsqaudio import cli
+    from bsqaudio.cli import codec_commands
 
     header = header_with(model="x\ud800")
     path = tmp_path / "surrogate.bsq"
     path.write_bytes(bsq_bytes(json.dumps(header).encode(), payload_for(header)))
     with pytest.raises(BsqAudioError, match="'model' is not printable text"):
-        cli.info(str(path), as_json=False)
+        codec_commands.info(str(path), as_json=False)
 
 
 # -- hostile files in the corpus ------------------------------------------------------------------

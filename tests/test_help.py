@@ -43,7 +43,7 @@ def test_train_options_are_grouped_and_none_is_lost():
     text = run_in_process("train", "-h").stdout
     headings = re.findall(r"^(\w[\w ()]*) options:$", text, flags=re.M)
     assert headings[:3] == ["Run", "Model", "Data"] and "Adversarial decoder (GAN)" in headings
-    from bsqaudio.cli import TRAIN_OPTION_GROUPS
+    from bsqaudio.cli.train_command import TRAIN_OPTION_GROUPS
 
     listed = [name for names in TRAIN_OPTION_GROUPS.values() for name in names]
     assert len(listed) == len(set(listed))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from cli_inprocess import run_in_process
 
-from bsqaudio.cli import use_threads
+from bsqaudio.cli.common import use_threads
 
 
 @pytest.fixture
