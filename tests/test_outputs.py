@@ -78,7 +78,7 @@ def test_a_live_writers_temporary_survives_another_write(tmp_path):
     """Two runs writing the same name: the second's clean-up must not delete the first's work in
     progress; once its writer is gone (lock released, as at SIGKILL), a later write removes it."""
     target = tmp_path / "x.bsq"
-    live, fd = _claim(target)
+    live, fd = _claim(target, [])
     write_bytes_atomic(target, b"second")
     assert live.exists() and target.read_bytes() == b"second"
     os.close(fd)  # the first writer dies without cleaning up
@@ -97,3 +97,35 @@ def test_long_output_names_work_and_impossible_ones_are_refused(tmp_path, clip, 
     result = run_in_process("encode", clip, "-o", too_long, "--model", tiny_model_dir)
     assert result.exit == 1 and "file name too long" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_signal_while_the_temporary_is_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A SIGTERM landing right after the temporary's creation, before the writer's try block, left
+    an orphan .part (seen once in an interrupted batch); the name is now known before the file."""
+    import os
+    import signal
+
+    from bsqaudio.io import atomic
+
+    class Stop(BaseException):
+        pass
+
+    def raise_stop(signum, frame):
+        raise Stop
+
+    real_claim = atomic._claim
+
+    def claim_then_signal(path, names):
+        claimed = real_claim(path, names)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the caller holds the name
+        return claimed
+
+    previous = signal.signal(signal.SIGTERM, raise_stop)
+    monkeypatch.setattr(atomic, "_claim", claim_then_signal)
+    try:
+        with pytest.raises(Stop):
+            with atomic.atomic_path(tmp_path / "out.wav") as tmp:
+                tmp.write_bytes(b"never finished")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []

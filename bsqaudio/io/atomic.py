@@ -96,13 +96,15 @@ def temporary_path(path: Path) -> Path:
     return _folder(path) / f"{_temporary_prefix(path)}{secrets.token_hex(TOKEN_HEX // 2)}{PART}"
 
 
-def _claim(path: Path) -> tuple[Path, int]:
-    """Create a temporary for ``path`` and hold its lock -> (temporary, locked descriptor).
+def _claim(path: Path, names: list[Path]) -> tuple[Path, int]:
+    """Create a temporary for ``path`` and hold its lock -> (temporary, locked descriptor); each
+    name is added to ``names`` before its file is created, for the caller to clean up.
 
     Between creating the file and locking it, a stale-temporary sweep could take the lock and
     unlink it; the writer notices (no links left) and claims another name."""
     while True:
         tmp = temporary_path(path)
+        names.append(tmp)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -168,15 +170,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
             with open(tmp, "rb") as src, open(path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         return
-    tmp, fd = _claim(path)
+    # The temporary's name is known here before the file exists: a signal (Interrupted) landing
+    # between its creation and the block below left an orphan behind (seen once in ~50
+    # interrupted batches).
+    names: list[Path] = []
+    fd = None
     try:
+        tmp, fd = _claim(path, names)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for name in names:
+            name.unlink(missing_ok=True)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     remove_stale_temporaries(path)
 
 
