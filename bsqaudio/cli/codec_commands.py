@@ -157,7 +157,8 @@ def tokens(
 
 @app.command(epilog="Examples:\n\n  bsqaudio decode song.bsq -o out.wav\n\n"
                     "  bsqaudio decode song.bsq -o out.flac --rate source\n\n"
-                    "  bsqaudio decode tokens/ --out-dir audio/ --audio-format flac")
+                    "  bsqaudio decode tokens/ --out-dir audio/ --audio-format flac\n\n"
+                    "  bsqaudio decode generated.npy --tokens groups:9 -o generated.wav")
 def decode(
     sources: Annotated[Optional[list[str]], typer.Argument(
         help=".bsq or token files (.npz, .npy, .jsonl), folders, or - for a .bsq on stdin.")] = None,
