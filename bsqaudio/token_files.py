@@ -16,6 +16,7 @@ config gives the geometry that token arrays do not carry.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -177,17 +178,27 @@ def load_codes(source: str | Path, codec, group: int | None = None) -> Codes:
 def jsonl_records(path: Path) -> list[dict]:
     """The records of a jsonl token file, each a dict with ``tokens`` (bounded, as for one)."""
     with reading(str(path), "a token file"):
-        data = read_file_bounded(path)
-        if len(data) > MAX_JSONL_BYTES:
-            raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token file may be")
-        records = []
-        for number, line in enumerate(data.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(_jsonl_record(line))
-                except BsqAudioError as err:
-                    raise BsqAudioError(f"line {number}: {err}") from None
-        return records
+        return _parse_jsonl(read_file_bounded(path))
+
+
+def _parse_jsonl(data: bytes) -> list[dict]:
+    if len(data) > MAX_JSONL_BYTES:
+        raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token file may be")
+    records = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(_jsonl_record(line))
+            except BsqAudioError as err:
+                raise BsqAudioError(f"line {number}: {err}") from None
+    return records
+
+
+@functools.lru_cache(maxsize=1)
+def _records_of(path: str, mtime_ns: int, size: int) -> list[dict]:
+    """``jsonl_records``, parsed once for all the records a batch decodes from one file (the
+    file's mtime and size are part of the key, so a changed file is read again)."""
+    return jsonl_records(Path(path))
 
 
 def expand_records(jobs: list[Job]) -> list[Job]:
@@ -200,7 +211,8 @@ def expand_records(jobs: list[Job]) -> list[Job]:
         if job.source.suffix.lower() != ".jsonl" or not job.source.is_file():
             out.append(job)
             continue
-        records = jsonl_records(job.source)
+        info = job.source.stat()
+        records = _records_of(str(job.source), info.st_mtime_ns, info.st_size)
         if len(records) == 1:
             out.append(job)
             continue
@@ -218,7 +230,9 @@ def load_job(job: Job, codec, group: int | None = None) -> Codes:
     if job.record is None:
         return load_codes(job.source, codec, group)
     with reading(job.label, "a token record"):
-        return _codes_from_record(jsonl_records(job.source)[job.record], codec, group)
+        info = job.source.stat()
+        records = _records_of(str(job.source), info.st_mtime_ns, info.st_size)
+        return _codes_from_record(records[job.record], codec, group)
 
 
 def load_token_file(source: str | Path, codec, group: int | None = None) -> Codes:
@@ -240,12 +254,10 @@ def load_token_file(source: str | Path, codec, group: int | None = None) -> Code
                 tokens = join_tokens(tokens, codec.config.code_bits, group)
             return codec.codes_from_tokens(tokens)
         if suffix == ".jsonl":
-            if len(data) > MAX_JSONL_BYTES:
-                raise BsqAudioError(f"larger than the {MAX_JSONL_BYTES >> 20} MiB a token file may be")
-            lines = [line for line in data.splitlines() if line.strip()]
-            if len(lines) != 1:
-                raise BsqAudioError(f"holds {len(lines)} records: decode them with --out-dir (one file each)")
-            return _codes_from_record(_jsonl_record(lines[0]), codec, group)
+            records = _parse_jsonl(data)
+            if len(records) != 1:
+                raise BsqAudioError(f"holds {len(records)} records: decode them with --out-dir (one file each)")
+            return _codes_from_record(records[0], codec, group)
         raise BsqAudioError("not a token file (.npy, .npz or .jsonl)")
 
 
