@@ -227,8 +227,11 @@ class Codec:
     @functools.cached_property
     def code_space(self) -> str:
         """What this model's tokens mean (``bsqaudio.code_space``): files of this code space
-        decode with this model whichever model of it wrote them."""
-        return code_space.code_space_id(self.model)
+        decode with this model whichever model of it wrote them. A released model's is read from
+        the registry (tests/test_code_space.py holds it to the weights); others' are hashed (about
+        60 ms for bsqaudio-small, paid by every encode otherwise)."""
+        release = code_space.release_of(self.model_hash)
+        return release["code_space"] if release else code_space.code_space_id(self.model)
 
     def check_compatible(self, codes: Codes) -> None:
         """Refuse codes this model cannot decode: those of weights that are neither this model's
