@@ -43,7 +43,8 @@ from bsqaudio.io.inputs import Job, mirrored
 FORMATS = ("bsq", "npy", "jsonl", "npz")  # what `encode --format` writes
 TOKEN_SUFFIXES = (".npy", ".npz", ".jsonl")  # what `decode` reads besides .bsq
 # The loudness of tokens that come without gains (a language model's output): the median window
-# gain (peak mel power, dB) of 66 windows of validation speech (10th-90th percentile 28.4-34.6).
+# gain (peak mel power, dB) of 66 windows of validation speech (10th-90th percentile 28.4-34.6;
+# benchmarks/speech_gain.py).
 DEFAULT_GAIN_DB = 31.5
 MAX_JSONL_BYTES = 64 << 20
 
