@@ -70,12 +70,12 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module) 
     """Restore weights in place; return (trainer_state, meta)."""
     folder = latest_checkpoint(folder)
     meta = read_meta(folder)
-    load_weights(model, folder / "model.safetensors")
-    load_weights(ema, folder / "ema.safetensors")
+    restore_weights(model, folder / "model.safetensors")
+    restore_weights(ema, folder / "ema.safetensors")
     return load_trainer_state(folder / "trainer.safetensors"), meta
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
+def restore_weights(module: torch.nn.Module, path: Path) -> None:
     """Fill ``module`` from ``path``; a missing, corrupt or mismatched file is one line naming it."""
     try:
         module.load_state_dict(load_file(str(path)))
@@ -160,5 +160,5 @@ def export_checkpoint(run_dir: Path, out: Path, dtype: torch.dtype = torch.float
     except BsqAudioError as err:
         raise BsqAudioError(f"{folder / 'meta.json'}: {err}") from None
     model = AudioBSQ(config)
-    load_weights(model, folder / "ema.safetensors")
+    restore_weights(model, folder / "ema.safetensors")
     return save_pretrained(model, out, dtype=dtype)
