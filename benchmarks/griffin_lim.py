@@ -17,7 +17,7 @@ Each clip's magnitude is inverted two ways:
          reaches it exactly.
 
 Methods, each after 0, 4, 8, 16, 24, 32, 48, 64 iterations (momentum 0.99):
-  gradient     ``MelFrontend.griffin_lim``: the phase-gradient start (``initial_phase``), then
+  gradient     ``GriffinLim.invert``: the phase-gradient start (``initial_phase``), then
                Griffin-Lim with the fast inverse STFT; the decoder's inversion.
   zero         the same iterations from zero phase: the decoder's previous inversion, step for
                step torchaudio's with ``rand_init=False``.
@@ -48,8 +48,10 @@ import numpy as np
 import torch
 import torchaudio
 
-from bsqaudio.audio import MelFrontend, load_mono
+from bsqaudio.dsp.griffin_lim import GriffinLim
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.hub import from_pretrained
+from bsqaudio.io.audio_files import load_mono
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import machine  # noqa: E402  (a sibling script, not a package)
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from pystoi import stoi
 
     frontend = MelFrontend(from_pretrained().model.config)
+    inverse = GriffinLim(frontend.config)
     c = frontend.config
     window = frontend.window
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             start = torch.zeros_like(power)
         elif method == "pghi-heap":
             start = pghi_heap(frontend, power.sqrt())
-        return frontend.griffin_lim(power, iterations, phase_ft=start)[: (power.shape[1] - 1) * c.hop_length]
+        return inverse.invert(power, iterations, phase_ft=start)[: (power.shape[1] - 1) * c.hop_length]
 
     found = find_audio(args.folder)
     data = {kind: clips(files, args.seconds) for kind, files in found.items() if files}
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for wave in waves:
             exact = stft_magnitude(wave)
             mel_power = (exact ** 2).T @ frontend.mel_fb
-            for target, magnitude in (("stft", exact), ("mel", frontend.mel_to_linear(mel_power).sqrt())):
+            for target, magnitude in (("stft", exact), ("mel", inverse.mel_to_linear(mel_power).sqrt())):
                 power = magnitude ** 2
                 for method in args.methods:
                     for iterations in args.iterations:
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                             row.setdefault(f"stoi_{kind}_{target}", []).append(float(score))
             print(f"# {kind} clip done", flush=True)
     clip = data.get("speech", data.get("music"))[0]
-    power = frontend.mel_to_linear((stft_magnitude(clip) ** 2).T @ frontend.mel_fb)
+    power = inverse.mel_to_linear((stft_magnitude(clip) ** 2).T @ frontend.mel_fb)
     for _ in range(args.timing_rounds):
         for (method, iterations), row in results.items():
             start = time.perf_counter()

@@ -27,8 +27,8 @@ import json
 import numpy as np
 import torch
 
-from bsqaudio.audio import load_mono
 from bsqaudio.codec import Codec
+from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import read_path_list
 from bsqaudio.metrics import mel_errors, naturalness, pesq_wb, stoi
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         db = 10 * torch.log10(codec.decode_mel(codec.encode(wave, RATE)).clamp_min(1e-10))
         for name, a in VARIANTS:
             power = 10 ** (sharpen(db, name, a).clamp(max=db.max()) / 10)
-            out = codec.frontend.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
+            out = codec.griffin_lim.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
             scores = naturalness(out, RATE)
             scores.update(stoi=stoi(wave, out, RATE), pesq=pesq_wb(wave, out, RATE),
                           mel_mae_db=mel_errors(wave, out, codec.frontend)[0])

@@ -192,7 +192,7 @@ class Systems:
 
 
 def evaluate_file(systems: Systems, item: dict, max_seconds: float | None, mos: bool = False) -> dict:
-    from bsqaudio.audio import load_mono
+    from bsqaudio.io.audio_files import load_mono
     from bsqaudio.metrics import all_metrics, naturalness, si_sdr
 
     mos = mos and item["kind"] == "speech"  # the predictors were trained on speech

@@ -11,7 +11,7 @@ For each pair of rates (the common file rates to the model's 16 kHz, and back fo
 * alias (downsampling only): the loudest output of tones between 1.1 x the output's Nyquist
   frequency and 0.95 x the input's, which an ideal resampler removes, relative to the tone;
 * time: best of three, ``--seconds`` of noise, whole signal; "stream" is soxr through
-  ``bsqaudio.audio.resample_stream`` in 20 s chunks, as ``encode`` and ``decode`` use it.
+  ``bsqaudio.dsp.resample.resample_stream`` in 20 s chunks, as ``encode`` and ``decode`` use it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import soxr
 import torch
 import torchaudio.functional as AF
 
-from bsqaudio.audio import resample_stream
+from bsqaudio.dsp.resample import resample_stream
 
 PAIRS = [(44100, 16000), (48000, 16000), (22050, 16000), (8000, 16000),
          (16000, 44100), (16000, 48000), (16000, 22050), (16000, 8000)]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bsqaudio.audio import load_mono
 from bsqaudio.codec import Codec
+from bsqaudio.io.audio_files import load_mono
 
 
 def main(corpus: str) -> int:

@@ -55,8 +55,8 @@ import torch
 import torchaudio
 import torchaudio.functional as AF
 
-from bsqaudio.audio import load_mono
 from bsqaudio.codec import Codec
+from bsqaudio.io.audio_files import load_mono
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import flop_formula_fixes, machine, matmul_peak  # noqa: E402  (a sibling script)
@@ -163,8 +163,8 @@ def measure(codec: Codec, reference_gl, encodec_model, wave: torch.Tensor, repea
     row["windows"] = codes.header["num_windows"]
     row["decode_s"], _ = best_time(lambda: codec.decode(codes), repeats)
     row["decode_model_s"], mel = best_time(lambda: codec.decode_mel(codes), repeats)
-    row["inversion_s"], _ = best_time(lambda: codec.frontend.synthesize(mel), repeats)
-    linear = codec.frontend.mel_to_linear(mel)
+    row["inversion_s"], _ = best_time(lambda: codec.griffin_lim.synthesize(mel), repeats)
+    linear = codec.griffin_lim.mel_to_linear(mel)
     row["torchaudio_gl_s"], _ = best_time(lambda: reference_gl(linear), repeats)
     if encodec_model is not None:
         pieces = encodec_pieces(AF.resample(wave, RATE, ENCODEC_RATE))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from bsqaudio.audio import load_mono
 from bsqaudio.codec import Codec
+from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import read_path_list
 
 

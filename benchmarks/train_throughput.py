@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from bsqaudio.audio import MelFrontend
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train.loop import update_ema
 from bsqaudio.train.losses import reconstruction_loss, spec_augment

@@ -180,7 +180,7 @@ def decode_many(codec: Codec, jobs: list[Job], out_dir: Path, fmt: str, rate: st
                 skip_existing: bool = False,
                 on_event: Callable[..., None] | None = None, group: int | None = None) -> Summary:
     """Decode .bsq or token-file jobs to audio files under ``out_dir`` with the same error handling."""
-    from bsqaudio.audio import write_audio_stream
+    from bsqaudio.io.audio_files import write_audio_stream
 
     tally = _Tally(on_event)
     for job in jobs:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.model.config import INT_LIMITS, MAX_NAME_CHARS, MAX_PATCHES
+from bsqaudio.model.config import INT_LIMITS, MAX_NAME_CHARS, MAX_PATCHES, rows_and_windows
 
 if TYPE_CHECKING:  # torch only where tensors are made: `bsqaudio info` and `tokens` never load it
     import torch
@@ -69,7 +69,7 @@ MAX_HEADER_INT = 2**63 - 1  # integer fields fit in an int64
 MAX_CODES = 1 << 25
 MAX_BSQ_BYTES = 512 << 20
 # Window gains (a window's peak mel power, dB) that make sense to synthesize: real encodes give
-# -20 dB (the silence floor, bsqaudio.audio.GAIN_FLOOR_DB) to about +45 dB (full-scale DC or a
+# -20 dB (the silence floor, bsqaudio.dsp.mel.GAIN_FLOOR_DB) to about +45 dB (full-scale DC or a
 # full-scale 7 kHz sine; white noise 34, a full-scale square 43); float audio past full scale goes
 # higher (8x: +63 dB). +100 dB is ~560x over full scale, and still far from where mel power
 # overflows float32 (+385 dB). The format itself stores any finite float16 (the frozen
@@ -257,14 +257,6 @@ def _decode_v2_header(raw: bytes) -> dict:
     geometry = [max(header[k], 1) for k in ("hop_length", "patch_time", "window_frames")]
     header["num_rows"], header["num_windows"] = rows_and_windows(header["num_samples"], *geometry)
     return header
-
-
-def rows_and_windows(num_samples: int, hop_length: int, patch_time: int, window_frames: int) -> tuple[int, int]:
-    """Patch rows and windows that ``num_samples`` of audio fill. Integer arithmetic: num_samples
-    may be up to 2**64, past a float's exact range."""
-    frames = -(-num_samples // hop_length)
-    rows = -(-frames // patch_time)
-    return rows, -(-rows // max(window_frames // patch_time, 1))
 
 
 def _is_hex16(value: object) -> bool:

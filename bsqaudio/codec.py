@@ -19,22 +19,15 @@ import numpy as np
 import torch
 
 from bsqaudio import code_space
-from bsqaudio.audio import (
-    GRIFFIN_LIM_ITERATIONS,
-    MAX_RATE,
-    MIN_RATE,
-    MelFrontend,
-    check_peak,
-    load_mono,
-    resample,
-    resample_stream,
-    sf_frames,
-    stream_mono,
-)
 from bsqaudio.bitstream import Codes
+from bsqaudio.dsp.griffin_lim import GRIFFIN_LIM_ITERATIONS, GriffinLim
+from bsqaudio.dsp.mel import MelFrontend
+from bsqaudio.dsp.resample import resample, resample_stream
+from bsqaudio.dsp.windows import WindowCutter
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.heap import release_freed_memory
 from bsqaudio.hub import Pretrained, from_pretrained
+from bsqaudio.io.audio_files import MAX_RATE, MIN_RATE, check_peak, load_mono, sf_frames, stream_mono
 
 Progress = Callable[[int, int], None]  # (done, total) windows
 
@@ -60,6 +53,7 @@ class Codec:
         self.model_hash = pretrained.model_hash
         self.source = pretrained.source
         self.frontend = MelFrontend(self.config)
+        self.griffin_lim = GriffinLim(self.config)
         self.batch_size = max(1, batch_size)
         self.griffin_lim_iterations = griffin_lim_iterations
         self._silence: torch.Tensor | None = None
@@ -95,8 +89,8 @@ class Codec:
         with its length (stdin and file objects are read whole).
 
         A file holding less audio than its header declares raises
-        ``bsqaudio.audio.TruncatedAudioError``; with ``allow_truncated=True`` its readable part is
-        encoded and a ``bsqaudio.audio.TruncatedAudioWarning`` is issued (``warnings``)."""
+        ``bsqaudio.io.audio_files.TruncatedAudioError``; with ``allow_truncated=True`` its readable part is
+        encoded and a ``bsqaudio.io.audio_files.TruncatedAudioWarning`` is issued (``warnings``)."""
         rate = self.config.sample_rate
         if isinstance(source, (str, Path)) and str(source) != "-":
             chunks, source_rate, channels = stream_mono(source, rate, allow_truncated=allow_truncated)
@@ -111,11 +105,11 @@ class Codec:
 
         A window is analysed as soon as its samples (and half an FFT of context) have arrived,
         and windows are run through the model ``batch_size`` at a time."""
-        cutter = WindowCutter(self.frontend)
+        cutter = WindowCutter(self.config)
         pending: list[torch.Tensor] = []  # (frames, n_mels) normalized mel of windows not yet encoded
         indices: list[torch.Tensor] = []
         gains: list[float] = []
-        expected_windows = self.frontend.num_windows(expected_samples) if expected_samples else 0
+        expected_windows = self.config.num_windows(expected_samples) if expected_samples else 0
 
         def run() -> None:
             indices.append(self.encode_mel(torch.stack(pending)))
@@ -156,7 +150,7 @@ class Codec:
                    source_rate: int, source_channels: int) -> Codes:
         """Per-window codes and gains of ``num_samples`` of audio -> Codes with its header."""
         c = self.config
-        rows = self.frontend.num_rows(num_samples)
+        rows = self.config.num_rows(num_samples)
         header = {
             "model": c.name,
             "model_hash": self.model_hash,
@@ -170,7 +164,7 @@ class Codec:
             "patch_time": c.patch_time,
             "patch_freq": c.patch_freq,
             "code_bits": c.code_bits,
-            "num_windows": self.frontend.num_windows(num_samples),
+            "num_windows": self.config.num_windows(num_samples),
             "num_rows": rows,
             "num_samples": num_samples,
             "source_sample_rate": int(source_rate),
@@ -212,10 +206,10 @@ class Codec:
             raise BsqAudioError(f"a token is outside [0, 2**{c.code_bits}) (or -1 inside the tokens)")
         full = rows * c.patch_time * c.hop_length
         num_samples = full if num_samples is None else int(num_samples)
-        if self.frontend.num_rows(num_samples) != rows:
-            raise BsqAudioError(f"{num_samples} samples make {self.frontend.num_rows(num_samples)} rows of "
+        if self.config.num_rows(num_samples) != rows:
+            raise BsqAudioError(f"{num_samples} samples make {self.config.num_rows(num_samples)} rows of "
                                 f"tokens, not {rows}")
-        windows = self.frontend.num_windows(num_samples)
+        windows = self.config.num_windows(num_samples)
         gains = (torch.full((windows,), DEFAULT_GAIN_DB) if gains_db is None
                  else torch.as_tensor(gains_db, dtype=torch.float32).reshape(-1))
         if gains.shape != (windows,):
@@ -282,7 +276,7 @@ class Codec:
         windows = codes.window_indices(pad_value=-1)
         windows = torch.where(windows < 0, self.silence_indices(), windows)
         total = windows.shape[0]
-        remaining = min(self.frontend.num_frames(codes.num_samples) + 1, total * c.window_frames)
+        remaining = min(self.config.num_frames(codes.num_samples) + 1, total * c.window_frames)
         for first in range(0, total, self.batch_size):
             batch = windows[first: first + self.batch_size].to(self.device)
             with torch.inference_mode(), self._autocast():
@@ -304,7 +298,7 @@ class Codec:
         """Codes -> (T_i,) float32 audio chunks at ``sample_rate`` (the model's by default),
         produced block by block: memory does not grow with the length of the audio."""
         mel = self.decode_mel_chunks(codes, progress)
-        audio = self.frontend.synthesize_stream(mel, iterations=self.griffin_lim_iterations)
+        audio = self.griffin_lim.synthesize_stream(mel, iterations=self.griffin_lim_iterations)
         rate = sample_rate or self.config.sample_rate
         return resample_stream(_exact_length(audio, codes.num_samples), self.config.sample_rate, rate)
 
@@ -333,7 +327,7 @@ def as_mono(waveform: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
     returns; read as (C, T), a 2 s stereo file was 88200 "channels" of 2 samples); any other is
     (C, T), refused past 64 channels. Integer PCM is scaled by ``PCM_SCALES`` (int16 taken as
     floats was a gain of 90 dB); samples far past full scale are refused
-    (``bsqaudio.audio.check_peak``)."""
+    (``bsqaudio.io.audio_files.check_peak``)."""
     try:
         wave = torch.as_tensor(waveform).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as err:
@@ -361,51 +355,6 @@ def as_mono(waveform: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
         raise BsqAudioError("audio contains NaN or infinite samples")
     check_peak("audio", peak)
     return wave.float().mean(0), wave.shape[0]
-
-
-class WindowCutter:
-    """Cuts a stream of (T,) audio chunks into the segments each window is analysed from: its own
-    samples plus n_fft/2 of context each side, zeros before the start and after the end (exactly
-    what whole-file analysis sees). Only the samples of the next window are held."""
-
-    def __init__(self, frontend: MelFrontend) -> None:
-        self.frontend = frontend
-        self.config = config = frontend.config
-        self.half = config.n_fft // 2
-        self.span = config.window_samples - config.hop_length + config.n_fft
-        self.buffer = torch.zeros(self.half)
-        self.buffer_start = -self.half
-        self.next_window = 0
-        self.total = 0
-
-    def _cut(self, window: int) -> torch.Tensor:
-        first = window * self.config.window_samples - self.half - self.buffer_start
-        segment = self.buffer[first: first + self.span]
-        return torch.nn.functional.pad(segment, (0, self.span - segment.shape[0]))
-
-    def _start_of(self, window: int) -> int:
-        return window * self.config.window_samples - self.half
-
-    def feed(self, chunk: torch.Tensor) -> list[torch.Tensor]:
-        """Add samples; return the segments of every window now complete."""
-        self.buffer = torch.cat([self.buffer, chunk.float()])
-        self.total += chunk.shape[0]
-        ready = []
-        while self.buffer_start + self.buffer.shape[0] >= self._start_of(self.next_window) + self.span:
-            ready.append(self._cut(self.next_window))
-            self.next_window += 1
-        keep = self._start_of(self.next_window) - self.buffer_start
-        self.buffer, self.buffer_start = self.buffer[keep:], self.buffer_start + keep
-        return ready
-
-    def finish(self) -> list[torch.Tensor]:
-        """The remaining windows, zero-padded past the end of the audio."""
-        if self.total == 0:
-            raise BsqAudioError("audio is empty")
-        windows = self.frontend.num_windows(self.total)
-        ready = [self._cut(window) for window in range(self.next_window, windows)]
-        self.next_window = windows
-        return ready
 
 
 def _exact_length(chunks: Iterable[torch.Tensor], length: int) -> Iterator[torch.Tensor]:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from bsqaudio.alignment import align
-from bsqaudio.audio import load_mono
 from bsqaudio.bitstream import write_bsq
 from bsqaudio.codec import Codec
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import AUDIO_SUFFIXES
 from bsqaudio.metrics import MOS_KEYS, all_metrics, naturalness
 
@@ -45,8 +45,8 @@ def oracle_griffin_lim(codec: Codec, wave: torch.Tensor) -> torch.Tensor:
     frontend = codec.frontend
     mel, gains = frontend.analyze(wave)
     power = frontend.denormalize(mel, gains).reshape(-1, codec.config.n_mels)
-    power = power[: frontend.num_frames(wave.shape[0]) + 1]
-    return frontend.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
+    power = power[: frontend.config.num_frames(wave.shape[0]) + 1]
+    return codec.griffin_lim.synthesize(power, iterations=codec.griffin_lim_iterations)[: wave.shape[0]]
 
 
 def decoded_file(folder: Path, relative: Path) -> Path:

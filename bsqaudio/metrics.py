@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from bsqaudio.audio import MelFrontend
+from bsqaudio.dsp.mel import MelFrontend
 
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 
@@ -30,8 +30,8 @@ def mel_errors(reference: torch.Tensor, decoded: torch.Tensor, frontend: MelFron
     """(MAE in dB, MSE in dB^2) between log-mels, each frame floored at 80 dB below its window's
     reference peak, over the frames that hold audio."""
     reference, decoded = _align(reference, decoded)
-    windows = frontend.num_windows(reference.shape[0])
-    frames = frontend.num_frames(reference.shape[0])
+    windows = frontend.config.num_windows(reference.shape[0])
+    frames = frontend.config.num_frames(reference.shape[0])
     errors = []
     for first in range(0, windows, 8):
         count = min(8, windows - first)

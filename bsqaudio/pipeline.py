@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bsqaudio.audio import MelFrontend, stream_mono
 from bsqaudio.bitstream import Codes
-from bsqaudio.codec import Codec, WindowCutter
+from bsqaudio.codec import Codec
+from bsqaudio.dsp.mel import MelFrontend
+from bsqaudio.dsp.windows import WindowCutter
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.heap import release_freed_memory
+from bsqaudio.io.audio_files import stream_mono
 
 
 def default_workers() -> int:
@@ -68,7 +70,7 @@ class _WindowReader(IterableDataset):
             chunks, rate, channels = stream_mono(source, self.frontend.config.sample_rate,
                                                  allow_truncated=self.allow_truncated,
                                                  on_truncated=notes.append)
-            cutter = WindowCutter(self.frontend)
+            cutter = WindowCutter(self.frontend.config)
             for chunk in chunks:
                 yield from self._windows(index, cutter.feed(chunk))
             yield from self._windows(index, cutter.finish())
@@ -102,7 +104,7 @@ def encode_sources(codec: Codec, sources: list[Path], workers: int = 0, allow_tr
     """Encode ``sources``; yield ``(index, codes, warning)`` for each file that encodes and
     ``(index, None, reason)`` for each that fails, in the order they finish.
 
-    A truncated file (``bsqaudio.audio.TruncatedAudioError``) fails; with ``allow_truncated``
+    A truncated file (``bsqaudio.io.audio_files.TruncatedAudioError``) fails; with ``allow_truncated``
     its readable part is encoded and ``warning`` is the one-line message saying what is missing
     (None for every complete file), returned rather than issued with ``warnings`` since it is
     found in a reader process. ``workers`` reader processes (0: read in this process). Codes equal

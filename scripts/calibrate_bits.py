@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from bsqaudio.audio import MelFrontend, load_mono
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import from_pretrained, save_pretrained
+from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import list_inputs
 from bsqaudio.train.calibration import audio_latents, balanced_thresholds, share_above, shift_thresholds
 

@@ -37,8 +37,8 @@ from cli_inprocess import Result, run_in_process
 from conftest import make_signal
 
 import bsqaudio
-from bsqaudio import AudioBSQ, ModelConfig, audio, load_bsq
-from bsqaudio.audio import MelFrontend
+from bsqaudio import AudioBSQ, ModelConfig, load_bsq
+from bsqaudio.io import audio_files
 
 RATE = 16000
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -281,7 +281,7 @@ def encode_stdin(data: bytes):
 
 
 def encode_stdin_past_limit(ctx, source):
-    ctx.monkeypatch.setattr(audio, "STDIN_LIMIT_BYTES", 1000)
+    ctx.monkeypatch.setattr(audio_files, "STDIN_LIMIT_BYTES", 1000)
     return encode_stdin(source.read_bytes())(ctx, source)
 
 
@@ -428,7 +428,7 @@ def check_two_hours(ctx, source):
     info = json.loads(result.stdout)
     assert info["duration_s"] == 7200.0
     assert info["windows"] == 704  # ceil(7200 / 10.24)
-    assert info["tokens"] == MelFrontend(MICRO).num_rows(7200 * 2000) * MICRO.grid_freq
+    assert info["tokens"] == MICRO.num_rows(7200 * 2000) * MICRO.grid_freq
     assert info["source_sample_rate"] == 2000 and info["model"] == "bsqaudio-micro"
 
 

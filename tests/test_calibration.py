@@ -12,8 +12,8 @@ import torch
 from conftest import RATE, make_signal
 
 import bsqaudio
-from bsqaudio.audio import MelFrontend
 from bsqaudio.codec import Codec
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.model.quantizer import bits_to_indices, indices_to_bits
 from bsqaudio.train.calibration import audio_latents, balanced_thresholds, share_above, shift_thresholds
 

@@ -218,8 +218,8 @@ def test_roundtrip_plot_shows_the_input_and_the_audio_written(tmp_path, tiny_mod
     from typer.testing import CliRunner
 
     import bsqaudio.plots
-    from bsqaudio.audio import load_mono
     from bsqaudio.cli import app
+    from bsqaudio.io.audio_files import load_mono
 
     seen = {}
 

@@ -14,7 +14,8 @@ import torch
 import torchaudio
 
 import bsqaudio
-from bsqaudio.audio import MelFrontend
+from bsqaudio.dsp.griffin_lim import GriffinLim
+from bsqaudio.dsp.mel import MelFrontend
 
 RATE = 16000
 
@@ -22,6 +23,11 @@ RATE = 16000
 @pytest.fixture(scope="module")
 def frontend() -> MelFrontend:
     return MelFrontend(bsqaudio.preset("tiny"))  # every preset shares the STFT settings
+
+
+@pytest.fixture(scope="module")
+def inverse() -> GriffinLim:
+    return GriffinLim(bsqaudio.preset("tiny"))
 
 
 def voice_like(seconds: float = 4.0, seed: int = 0) -> torch.Tensor:
@@ -50,7 +56,7 @@ def convergence(frontend: MelFrontend, magnitude: torch.Tensor, audio: torch.Ten
     return float(torch.linalg.norm(magnitude - rebuilt) / torch.linalg.norm(magnitude))
 
 
-def test_reaches_torchaudio_32_iteration_quality_in_4_iterations(frontend):
+def test_reaches_torchaudio_32_iteration_quality_in_4_iterations(frontend, inverse):
     """The phase-gradient start is what makes few iterations enough: torchaudio's 32 iterations
     from random phase are matched within 4 of ours. (How long each takes is measured in
     benchmarks/griffin_lim.py and benchmarks/speed.py, not here.)"""
@@ -63,12 +69,12 @@ def test_reaches_torchaudio_32_iteration_quality_in_4_iterations(frontend):
     torch.manual_seed(0)  # torchaudio starts from random phase
     target = convergence(frontend, magnitude, reference(power))
     needed = next((k for k in range(33)
-                   if convergence(frontend, magnitude, frontend.griffin_lim(power, k)) <= target), None)
+                   if convergence(frontend, magnitude, inverse.invert(power, k)) <= target), None)
     assert needed is not None and needed <= 4, (
         f"{needed} of our iterations to reach torchaudio's 32-iteration convergence {target:.4f}")
 
 
-def test_default_inversion_is_closer_than_torchaudio_32_iterations(frontend):
+def test_default_inversion_is_closer_than_torchaudio_32_iterations(frontend, inverse):
     """What decoding does by default (``GRIFFIN_LIM_ITERATIONS``) is closer than the reference."""
     c = frontend.config
     magnitude = stft_magnitude(frontend, voice_like(seed=1))
@@ -76,21 +82,21 @@ def test_default_inversion_is_closer_than_torchaudio_32_iterations(frontend):
     reference = torchaudio.transforms.GriffinLim(
         n_fft=c.n_fft, n_iter=32, win_length=c.win_length, hop_length=c.hop_length, power=2.0,
         momentum=0.99)(magnitude ** 2)
-    ours = frontend.griffin_lim(magnitude ** 2)
+    ours = inverse.invert(magnitude ** 2)
     assert convergence(frontend, magnitude, ours) < convergence(frontend, magnitude, reference)
 
 
-def test_phase_gradient_start_is_already_close(frontend):
+def test_phase_gradient_start_is_already_close(frontend, inverse):
     """Before any iteration, the phase-gradient start rebuilds the magnitude far better than
     zero phase does (zero phase puts every frame's energy in one click at its centre)."""
     magnitude = stft_magnitude(frontend, voice_like(seed=2))
-    start = convergence(frontend, magnitude, frontend.griffin_lim(magnitude ** 2, 0))
+    start = convergence(frontend, magnitude, inverse.invert(magnitude ** 2, 0))
     zero = convergence(frontend, magnitude,
-                       frontend.griffin_lim(magnitude ** 2, 0, phase_ft=torch.zeros_like(magnitude)))
+                       inverse.invert(magnitude ** 2, 0, phase_ft=torch.zeros_like(magnitude)))
     assert start < 0.2 < 0.9 < zero
 
 
-def test_block_seams_are_no_worse_than_elsewhere(frontend):
+def test_block_seams_are_no_worse_than_elsewhere(frontend, inverse):
     """Long audio is inverted block by block: around each seam the inverted audio is as close to
     the target as anywhere else (blocks inverted with unrelated phases cancel where they are
     cross-faded: there this measured 5-10x the usual distance)."""
@@ -103,7 +109,7 @@ def test_block_seams_are_no_worse_than_elsewhere(frontend):
         return ((spec.abs() ** 2).T @ frontend.mel_fb).sqrt()
 
     target = mel_magnitude(voice_like(12.0))
-    rebuilt = mel_magnitude(frontend.synthesize(target ** 2, block_frames=block))[: target.shape[0]]
+    rebuilt = mel_magnitude(inverse.synthesize(target ** 2, block_frames=block))[: target.shape[0]]
 
     def distance(first: int, stop: int) -> float:
         part = target[first:stop]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bsqaudio
-from bsqaudio.audio import resample, resampled_length
+from bsqaudio.dsp.resample import resample, resampled_length
 
 REPO = Path(bsqaudio.__file__).resolve().parents[1]
 

@@ -6,8 +6,9 @@ import soundfile as sf
 import soxr
 import torch
 
-from bsqaudio.audio import resample, resample_stream, stream_mono
+from bsqaudio.dsp.resample import resample, resample_stream
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.audio_files import stream_mono
 
 
 def chunked(x: torch.Tensor, sizes=(7, 1000, 33333)):
@@ -100,7 +101,7 @@ def test_very_short_audio_round_trips(tiny_codec, samples):
 
 
 def test_streamed_file_output_matches(tiny_codec, tmp_path):
-    from bsqaudio.audio import write_audio_stream
+    from bsqaudio.io.audio_files import write_audio_stream
 
     x = torch.randn(16000 * 3, generator=torch.Generator().manual_seed(3)) * 0.1
     codes = tiny_codec.encode(x, 16000)

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from conftest import make_signal
 
-from bsqaudio.audio import TruncatedAudioError, TruncatedAudioWarning, load_mono, read_audio
+from bsqaudio.io.audio_files import TruncatedAudioError, TruncatedAudioWarning, load_mono, read_audio
 from bsqaudio.pipeline import encode_sources
 
 RATE = 16000

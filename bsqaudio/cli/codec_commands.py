@@ -179,7 +179,7 @@ def decode(
     """Turn .bsq files or tokens back into audio: one into a file, or many into a folder. Tokens
     without gains (a language model's output) decode at a typical speech loudness."""
     from bsqaudio import batch, token_files
-    from bsqaudio.audio import write_audio_stream
+    from bsqaudio.io.audio_files import write_audio_stream
 
     sources = sources or []
     single = len(sources) == 1 and from_ is None and out_dir is None and not Path(sources[0]).is_dir()
@@ -231,7 +231,8 @@ def roundtrip(
     allow_truncated: AllowTruncatedOpt = False,
 ) -> None:
     """Encode then decode, to hear (and see) what the codec keeps."""
-    from bsqaudio.audio import load_mono, resample_stream, write_audio_stream
+    from bsqaudio.dsp.resample import resample_stream
+    from bsqaudio.io.audio_files import load_mono, write_audio_stream
 
     check_audio_output(output)
     check_output(output, force)

@@ -241,7 +241,7 @@ def batch_progress(jobs: list, quiet: bool, verbose: bool):
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings (a truncated file kept) as one line, like errors; others as Python shows them."""
-    from bsqaudio.audio import TruncatedAudioWarning
+    from bsqaudio.io.audio_files import TruncatedAudioWarning
 
     if issubclass(category, TruncatedAudioWarning):
         err_console.print(f"bsqaudio: warning: {message}", highlight=False, markup=False, soft_wrap=True)

@@ -50,7 +50,7 @@ MAX_NAME_CHARS = 200  # the name goes into every .bsq header and error message
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # Audio front-end (see bsqaudio.audio).
+    # Audio front-end (see bsqaudio.dsp.mel).
     sample_rate: int = 16000
     n_fft: int = 1024
     win_length: int = 400
@@ -133,6 +133,30 @@ class ModelConfig:
     def window_samples(self) -> int:
         return self.window_frames * self.hop_length
 
+    # -- geometry: where audio falls in frames, patch rows and windows (defined only here) -------
+
+    def num_frames(self, num_samples: int) -> int:
+        """Mel frames that cover ``num_samples`` of audio: one per hop, at least one."""
+        return max(1, -(-num_samples // self.hop_length))
+
+    def num_rows(self, num_samples: int) -> int:
+        """Patch rows (time) that cover ``num_samples`` of audio."""
+        return rows_and_windows(max(num_samples, 1), self.hop_length, self.patch_time, self.window_frames)[0]
+
+    def num_windows(self, num_samples: int) -> int:
+        return rows_and_windows(max(num_samples, 1), self.hop_length, self.patch_time, self.window_frames)[1]
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples a window is analysed from: its own frames' hops plus n_fft/2 of context each
+        side (frames are centred on multiples of the hop)."""
+        return self.window_samples - self.hop_length + self.n_fft
+
+    def segment_start(self, window: int) -> int:
+        """First sample of window ``window``'s segment (negative for the first: zeros before the
+        audio)."""
+        return window * self.window_samples - self.n_fft // 2
+
     @property
     def tokens_per_second(self) -> float:
         return self.num_patches * self.sample_rate / self.window_samples
@@ -206,6 +230,14 @@ PRESETS: dict[str, ModelConfig] = {
         conv=True, conv_kernel=7, refine_channels=4, name="bsqaudio-tiny",
     ),
 }
+
+
+def rows_and_windows(num_samples: int, hop_length: int, patch_time: int, window_frames: int) -> tuple[int, int]:
+    """Patch rows and windows that ``num_samples`` of audio fill. Integer arithmetic: num_samples
+    may be up to 2**64, past a float's exact range (``.bsq`` headers are checked with it)."""
+    frames = -(-num_samples // hop_length)
+    rows = -(-frames // patch_time)
+    return rows, -(-rows // max(window_frames // patch_time, 1))
 
 
 def preset(name: str) -> ModelConfig:

@@ -2,7 +2,7 @@
 
 Input and output are normalized spectrograms ``mel_btf`` of shape (B, T, F) = (B, 1024, 128) with
 values in [-1, 1] (dB / 40 + 1, so -80 dB is -1 and the window's peak is +1); see
-``bsqaudio.audio``. Patches are ``patch_time`` x ``patch_freq``, ordered time-major: patch
+``bsqaudio.dsp.mel``. Patches are ``patch_time`` x ``patch_freq``, ordered time-major: patch
 ``t * grid_freq + f`` covers frames ``t*pt .. (t+1)*pt`` and mel bins ``f*pf .. (f+1)*pf``.
 """
 

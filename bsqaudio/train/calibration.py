@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from bsqaudio.audio import MelFrontend
-from bsqaudio.codec import WindowCutter
+from bsqaudio.dsp.mel import MelFrontend
+from bsqaudio.dsp.windows import WindowCutter
 from bsqaudio.model.tokenizer import AudioBSQ
 
 
@@ -21,11 +21,11 @@ from bsqaudio.model.tokenizer import AudioBSQ
 def audio_latents(model: AudioBSQ, frontend: MelFrontend, wave: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """(T,) audio at the model's rate -> (tokens, L) quantizer inputs of the patches that hold audio,
     windowed and normalized exactly as ``Codec.encode`` does."""
-    cutter = WindowCutter(frontend)
+    cutter = WindowCutter(frontend.config)
     segments = cutter.feed(wave) + cutter.finish()
     mels = torch.stack([frontend.analyze_segment(segment)[0] for segment in segments])
     latents = torch.cat([model.latents(batch) for batch in mels.split(batch_size)])
-    rows = frontend.num_rows(wave.shape[0])
+    rows = frontend.config.num_rows(wave.shape[0])
     return latents.reshape(-1, model.config.code_bits)[: rows * model.config.grid_freq].float()
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsqaudio.audio import load_mono
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import list_inputs
 
 CACHE_VERSION = 1

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bsqaudio.audio import MelFrontend
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.hub import from_pretrained, save_pretrained
 from bsqaudio.io.inputs import list_inputs
@@ -331,7 +331,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         if run.is_main:
             drop_metrics_after(run.out / "metrics.jsonl", step)
 
-    segment = config.window_samples - config.hop_length + config.n_fft
+    segment = config.segment_samples
     val_wave, val_len = val_cache.first_crops(segment, s.val_windows)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
                 else contextlib.nullcontext())

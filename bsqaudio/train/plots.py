@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bsqaudio.audio import MelFrontend
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.io.atomic import write_bytes_atomic
 from bsqaudio.model import AudioBSQ
 from bsqaudio.plots import _pyplot, plot_spectrograms
