@@ -19,7 +19,7 @@ _WHERE = {
     "AudioBSQ": "bsqaudio.model", "ModelConfig": "bsqaudio.model", "preset": "bsqaudio.model",
     "BsqAudioError": "bsqaudio.errors",
     "Codec": "bsqaudio.codec", "decode": "bsqaudio.codec", "encode": "bsqaudio.codec",
-    "Codes": "bsqaudio.bitstream", "load_bsq": "bsqaudio.bitstream", "read_bsq": "bsqaudio.bitstream",
+    "Codes": "bsqaudio.codes", "load_bsq": "bsqaudio.bitstream", "read_bsq": "bsqaudio.bitstream",
     "save_bsq": "bsqaudio.bitstream", "write_bsq": "bsqaudio.bitstream",
     "from_pretrained": "bsqaudio.hub", "save_pretrained": "bsqaudio.hub",
 }

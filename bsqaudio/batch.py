@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from bsqaudio.bitstream import Codes
 from bsqaudio.codec import Codec, resolve_rate
+from bsqaudio.codes import Codes
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.io.atomic import atomic_path, stale_temporaries, write_bytes_atomic
 from bsqaudio.io.inputs import Job, output_path

@@ -33,24 +33,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from bsqaudio.codes import CodeArrays, Codes
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.bounded import read_at_most, read_file_bounded, reading
 from bsqaudio.model.config import INT_LIMITS, MAX_NAME_CHARS, MAX_PATCHES, rows_and_windows
 
 if TYPE_CHECKING:  # torch only where tensors are made: `bsqaudio info` and `tokens` never load it
-    import torch
+    pass
 
 MAGIC = b"BSQA"
 FORMAT_VERSION = 2
@@ -68,13 +65,6 @@ MAX_HEADER_INT = 2**63 - 1  # integer fields fit in an int64
 # and 2 of gain each); MAX_BSQ_BYTES caps any read, of a path or a stream, whatever its header says.
 MAX_CODES = 1 << 25
 MAX_BSQ_BYTES = 512 << 20
-# Window gains (a window's peak mel power, dB) that make sense to synthesize: real encodes give
-# -20 dB (the silence floor, bsqaudio.dsp.mel.GAIN_FLOOR_DB) to about +45 dB (full-scale DC or a
-# full-scale 7 kHz sine; white noise 34, a full-scale square 43); float audio past full scale goes
-# higher (8x: +63 dB). +100 dB is ~560x over full scale, and still far from where mel power
-# overflows float32 (+385 dB). The format itself stores any finite float16 (the frozen
-# tests/data/format-*.bsq files hold +-65504), so this is checked before synthesis, by check_gains.
-MAX_GAIN_DB = 100.0
 _PREAMBLE = struct.Struct("<4sBI")
 
 # Header field -> type. Every field is required; unknown fields are rejected.
@@ -98,113 +88,6 @@ HEADER_FIELDS: dict[str, type] = {
 }
 # The header fields a model config also has are held to its limits (code_bits has its own check).
 _GEOMETRY_LIMITS = {k: v for k, v in INT_LIMITS.items() if k in HEADER_FIELDS and k != "code_bits"}
-
-
-class _HeaderFacts:
-    """What follows from a file's header alone (``header``: the validated dict)."""
-
-    header: dict
-
-    @property
-    def code_bits(self) -> int:
-        return self.header["code_bits"]
-
-    @property
-    def num_samples(self) -> int:
-        return self.header["num_samples"]
-
-    @property
-    def sample_rate(self) -> int:
-        return self.header["sample_rate"]
-
-    @property
-    def duration(self) -> float:
-        return self.num_samples / self.sample_rate
-
-    @property
-    def rows_per_window(self) -> int:
-        return self.header["window_frames"] // self.header["patch_time"]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.header["num_rows"] * (self.header["n_mels"] // self.header["patch_freq"])
-
-    @property
-    def bitrate(self) -> float:
-        """Code bits per second of audio: 50 * L for 16x16 patches at 16 kHz."""
-        h = self.header
-        seconds_per_row = h["patch_time"] * h["hop_length"] / h["sample_rate"]
-        return h["n_mels"] // h["patch_freq"] * h["code_bits"] / seconds_per_row
-
-
-@dataclass
-class Codes(_HeaderFacts):
-    """The tokens of one file, as the codec produces and the .bsq file stores them.
-
-    ``indices`` is (R, F): R patch rows over the whole file (time), F patches per row (frequency);
-    row r belongs to window r // rows_per_window. ``gains_db`` is (W,), one per window.
-    """
-
-    indices: torch.Tensor
-    gains_db: torch.Tensor
-    header: dict
-
-    def check_gains(self) -> None:
-        """Refuse gains outside +-MAX_GAIN_DB: to be called before gains become audio, where a
-        crafted +400 dB overflows to inf (a traceback) and +200 dB decodes to a clipped square."""
-        gains = self.gains_db.detach().float().cpu()
-        bad = ~(gains.abs() <= MAX_GAIN_DB)  # NaN too
-        if bad.any():
-            value = gains[bad][0].item()
-            raise BsqAudioError(f"a window gain of {value:g} dB is outside the +-{MAX_GAIN_DB:g} dB "
-                                "that audio can have; the file is damaged or crafted")
-
-    def window_indices(self, pad_value: int = -1) -> torch.Tensor:
-        """(W, rows_per_window * F) int64, time-major per window; rows past the audio are
-        ``pad_value`` (an output format only: ``indices`` itself never holds padding)."""
-        import torch
-
-        layout = window_layout(self.indices.cpu().numpy(), self.gains_db.shape[0], self.rows_per_window,
-                               pad_value)
-        return torch.from_numpy(layout)
-
-
-@dataclass
-class CodeArrays(_HeaderFacts):
-    """A .bsq file's tokens as numpy arrays, the same layout as ``Codes``: what reading a file
-    needs without torch (``bsqaudio info`` and ``tokens`` answer in a fraction of a second)."""
-
-    indices: np.ndarray  # (R, F) int64
-    gains_db: np.ndarray  # (W,) float32
-    header: dict
-
-    def window_indices(self, pad_value: int = -1) -> np.ndarray:
-        """As ``Codes.window_indices``, a numpy array."""
-        return window_layout(self.indices, self.gains_db.shape[0], self.rows_per_window, pad_value)
-
-    def to_codes(self) -> Codes:
-        import torch
-
-        return Codes(indices=torch.from_numpy(self.indices), gains_db=torch.from_numpy(self.gains_db),
-                     header=self.header)
-
-
-def window_layout(indices_rf: np.ndarray, num_windows: int, rows_per_window: int,
-                  pad_value: int) -> np.ndarray:
-    """(R, F) token rows -> (W, rows_per_window * F) int64, the last window padded.
-
-    Sized from the rows present, padded by less than one window of at most MAX_PATCHES codes:
-    never by what the header says a window holds times the number of windows."""
-    rows, freq = indices_rf.shape
-    if not 0 < rows_per_window * freq <= MAX_PATCHES:
-        raise BsqAudioError(f"a window of {rows_per_window} x {freq} patches is more than the "
-                            f"{MAX_PATCHES} a window may hold")
-    windows = -(-rows // rows_per_window)
-    if windows != num_windows:
-        raise BsqAudioError(f"{rows} patch rows make {windows} windows, but there are {num_windows} gains")
-    full = np.full((windows * rows_per_window, freq), pad_value, dtype=np.int64)
-    full[:rows] = indices_rf
-    return full.reshape(windows, -1)
 
 
 def payload_bytes(num_rows: int, grid_freq: int, code_bits: int) -> int:
@@ -459,30 +342,18 @@ def read_bsq_arrays(data: bytes) -> CodeArrays:
     return CodeArrays(indices=indices, gains_db=gains, header=header)
 
 
-def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
-    """Up to ``limit`` bytes, fewer only at the end of the stream (a pipe returns them in pieces)."""
-    parts, size = [], 0
-    while size < limit:
-        part = stream.read(min(limit - size, 1 << 20))
-        if not part:  # b"" at the end; None from a non-blocking stream with nothing yet
-            break
-        parts.append(part)
-        size += len(part)
-    return b"".join(parts)
-
-
 def _read_stream(stream: BinaryIO) -> bytes:
     """A .bsq file from a stream, reading no more than its header allows: the preamble, the header
     (at most MAX_HEADER_BYTES), then exactly the size the header implies (at most MAX_BSQ_BYTES)
     and one byte to tell whether more follows. /dev/zero or an endless pipe is refused after its
     first bytes; the checks of the header happen here, those of the body in read_bsq."""
-    data = _read_at_most(stream, _PREAMBLE.size)
+    data = read_at_most(stream, _PREAMBLE.size)
     if len(data) < _PREAMBLE.size:
         return data  # read_bsq says it is too short
     version, header_len = _check_preamble(data)
     if header_len > MAX_HEADER_BYTES:
         raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
-    data += _read_at_most(stream, header_len)
+    data += read_at_most(stream, header_len)
     if len(data) < _PREAMBLE.size + header_len:
         raise BsqAudioError("corrupt .bsq file: header length exceeds the file")
     header = _parse_header(data[_PREAMBLE.size:], version)
@@ -490,28 +361,10 @@ def _read_stream(stream: BinaryIO) -> bytes:
     if expected > MAX_BSQ_BYTES:
         raise BsqAudioError(f"corrupt .bsq file: the header implies {expected} bytes, more than a "
                             f".bsq file may have ({MAX_BSQ_BYTES})")
-    data += _read_at_most(stream, expected - len(data) + 1)
+    data += read_at_most(stream, expected - len(data) + 1)
     if len(data) > expected:
         raise BsqAudioError(f"corrupt .bsq file: more bytes than the {expected} the header implies")
     return data
-
-
-def read_file_bounded(path: Path) -> bytes:
-    """A regular file's bytes (symlinks followed), at most MAX_BSQ_BYTES. A FIFO would block the
-    open itself (hence O_NONBLOCK, which regular files ignore) and a device like /dev/zero would
-    be read forever: both are refused by what fstat says of the opened file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(info.st_mode):
-            raise BsqAudioError("not a regular file (a FIFO, device or socket); read it from stdin "
-                                "with '-' instead")
-        if info.st_size > MAX_BSQ_BYTES:
-            raise BsqAudioError(f"{info.st_size} bytes, more than a .bsq or token file may have "
-                                f"({MAX_BSQ_BYTES})")
-        return _read_at_most(handle, MAX_BSQ_BYTES + 1)
 
 
 def save_bsq(codes: Codes, path: str | Path) -> Path:
@@ -536,24 +389,7 @@ def load_bsq_arrays(source: str | Path | BinaryIO) -> CodeArrays:
         if name == "-":
             data = _read_stream(sys.stdin.buffer)
         elif isinstance(source, (str, Path)):
-            data = read_file_bounded(Path(source))
+            data = read_file_bounded(Path(source), MAX_BSQ_BYTES)
         else:
             data = _read_stream(source)
         return read_bsq_arrays(data)
-
-
-@contextmanager
-def reading(name: str, what: str) -> Iterator[None]:
-    """Errors while reading the file ``name`` as one line naming it (``what`` it should be)."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise BsqAudioError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise BsqAudioError(f"{name}: is a directory, not {what}") from None
-    except PermissionError:
-        raise BsqAudioError(f"{name}: permission denied") from None
-    except OSError as err:
-        raise BsqAudioError(f"{name}: cannot read ({err.strerror or err})") from None
-    except BsqAudioError as err:
-        raise BsqAudioError(f"{name}: {err}") from None

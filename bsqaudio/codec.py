@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bsqaudio import code_space
-from bsqaudio.bitstream import Codes
+from bsqaudio.codes import Codes
 from bsqaudio.dsp.griffin_lim import GRIFFIN_LIM_ITERATIONS, GriffinLim
 from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.dsp.resample import resample, resample_stream

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bsqaudio.bitstream import Codes
 from bsqaudio.codec import Codec
+from bsqaudio.codes import Codes
 from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.dsp.windows import WindowCutter
 from bsqaudio.errors import BsqAudioError

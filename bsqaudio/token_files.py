@@ -26,18 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bsqaudio.bitstream import (
-    MAX_BSQ_BYTES,
-    MAX_CODES,
-    CodeArrays,
-    Codes,
-    load_bsq,
-    read_file_bounded,
-    reading,
-    validate_header,
-    write_bsq,
-)
+from bsqaudio.bitstream import MAX_BSQ_BYTES, MAX_CODES, load_bsq, validate_header, write_bsq
+from bsqaudio.codes import CodeArrays, Codes
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.io.bounded import read_file_bounded, reading
 from bsqaudio.io.inputs import Job, mirrored
 
 FORMATS = ("bsq", "npy", "jsonl", "npz")  # what `encode --format` writes
@@ -179,7 +171,7 @@ def load_codes(source: str | Path, codec, group: int | None = None) -> Codes:
 def jsonl_records(path: Path) -> list[dict]:
     """The records of a jsonl token file, each a dict with ``tokens`` (bounded, as for one)."""
     with reading(str(path), "a token file"):
-        return _parse_jsonl(read_file_bounded(path))
+        return _parse_jsonl(read_file_bounded(path, MAX_BSQ_BYTES))
 
 
 def _parse_jsonl(data: bytes) -> list[dict]:
@@ -242,7 +234,7 @@ def load_token_file(source: str | Path, codec, group: int | None = None) -> Code
     path = Path(source)
     suffix = path.suffix.lower()
     with reading(str(path), "a token file"):
-        data = read_file_bounded(path)
+        data = read_file_bounded(path, MAX_BSQ_BYTES)
         if suffix == ".npz":
             if group is not None:
                 raise BsqAudioError(".npz files hold full codes; leave out --tokens")

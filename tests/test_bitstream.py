@@ -585,7 +585,7 @@ def test_writer_refuses_float_indices():
 def test_real_encodes_give_gains_well_inside_the_bound():
     """The measured range behind MAX_GAIN_DB: silence sits on the -20 dB floor, the loudest
     full-scale signals reach about +45 dB, 8x past full scale (float audio) +63 dB."""
-    from bsqaudio.bitstream import MAX_GAIN_DB
+    from bsqaudio.codes import MAX_GAIN_DB
     from bsqaudio.dsp.mel import GAIN_FLOOR_DB, MelFrontend
     from bsqaudio.model.config import preset
 

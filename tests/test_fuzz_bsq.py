@@ -398,12 +398,14 @@ def test_harness_catches_window_indices_sized_by_the_header(monkeypatch):
     it was), a 2.7 KB file whose window claims 2**20 rows makes 64 MiB of padding, and the harness
     reports it (the real file claimed 2**26 rows: 4 GiB)."""
     import bsqaudio.bitstream as bitstream
+    import bsqaudio.codes as codes
 
     header = fuzz.make_header(163840, 36)
     header["window_frames"] = 16 * 2**20
     data = fuzz.raw_file(header)
     monkeypatch.setattr(bitstream, "_GEOMETRY_LIMITS", {})
     monkeypatch.setattr(bitstream, "MAX_PATCHES", 2**30)
+    monkeypatch.setattr(codes, "MAX_PATCHES", 2**30)
     problem = fuzz.check(data)
     assert problem is not None and problem.startswith("memory: window_indices()"), problem
     monkeypatch.undo()

@@ -53,13 +53,13 @@ import torch
 from bsqaudio.bitstream import (
     HEADER_FIELDS,
     MAGIC,
-    Codes,
     _encode_header,
     header_version,
     payload_bytes,
     read_bsq,
     write_bsq,
 )
+from bsqaudio.codes import Codes
 from bsqaudio.errors import BsqAudioError
 
 PREAMBLE = 9  # magic (4) + version (1) + header length (4)
