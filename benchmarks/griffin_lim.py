@@ -50,7 +50,7 @@ import torchaudio
 
 from bsqaudio.dsp.griffin_lim import GriffinLim
 from bsqaudio.dsp.mel import MelFrontend
-from bsqaudio.hub import from_pretrained
+from bsqaudio.hub import load_pretrained
 from bsqaudio.io.audio_files import load_mono
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pystoi import stoi
 
-    frontend = MelFrontend(from_pretrained().model.config)
+    frontend = MelFrontend(load_pretrained().model.config)
     inverse = GriffinLim(frontend.config)
     c = frontend.config
     window = frontend.window

@@ -21,7 +21,7 @@ _WHERE = {
     "Codec": "bsqaudio.codec", "decode": "bsqaudio.codec", "encode": "bsqaudio.codec",
     "Codes": "bsqaudio.codes", "load_bsq": "bsqaudio.bitstream", "read_bsq": "bsqaudio.bitstream",
     "save_bsq": "bsqaudio.bitstream", "write_bsq": "bsqaudio.bitstream",
-    "from_pretrained": "bsqaudio.hub", "save_pretrained": "bsqaudio.hub",
+    "from_pretrained": "bsqaudio.codec", "save_pretrained": "bsqaudio.hub",
 }
 
 __all__ = ["AudioBSQ", "BsqAudioError", "Codec", "Codes", "ModelConfig", "__version__", "decode",

@@ -26,7 +26,7 @@ from bsqaudio.dsp.resample import resample, resample_stream
 from bsqaudio.dsp.windows import WindowCutter
 from bsqaudio.errors import BsqAudioError
 from bsqaudio.heap import release_freed_memory
-from bsqaudio.hub import Pretrained, from_pretrained
+from bsqaudio.hub import Pretrained, load_pretrained
 from bsqaudio.io.audio_files import MAX_RATE, MIN_RATE, check_peak, load_mono, sf_frames, stream_mono
 
 Progress = Callable[[int, int], None]  # (done, total) windows
@@ -62,8 +62,8 @@ class Codec:
     def from_pretrained(cls, name: str | Path | None = None, device: str = "auto",
                         revision: str | None = None, cache_dir: str | Path | None = None,
                         **kwargs) -> Codec:
-        """Load weights (see ``bsqaudio.hub.from_pretrained``); ``kwargs`` go to ``Codec``."""
-        return cls(from_pretrained(name, revision=revision, cache_dir=cache_dir), device=device,
+        """Load weights (see ``bsqaudio.hub.load_pretrained``); ``kwargs`` go to ``Codec``."""
+        return cls(load_pretrained(name, revision=revision, cache_dir=cache_dir), device=device,
                    **kwargs)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -408,3 +408,10 @@ def encode(waveform: torch.Tensor, sample_rate: int, codec: Codec | None = None)
 def decode(codes: Codes, sample_rate: int | None = None, codec: Codec | None = None) -> torch.Tensor:
     """Turn Codes back into audio with the default model (or ``codec``)."""
     return (codec or _default_codec()).decode(codes, sample_rate)
+
+
+def from_pretrained(name: str | Path | None = None, device: str = "auto", revision: str | None = None,
+                    cache_dir: str | Path | None = None, **kwargs) -> Codec:
+    """``bsqaudio.from_pretrained``: the same as ``Codec.from_pretrained``, one return type for
+    both (a ``Codec``; its ``model``, ``model_hash`` and ``source`` are the loaded weights')."""
+    return Codec.from_pretrained(name, device=device, revision=revision, cache_dir=cache_dir, **kwargs)

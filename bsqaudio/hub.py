@@ -1,4 +1,4 @@
-"""Weights on disk: ``model.safetensors`` + ``config.json``; ``from_pretrained`` finds them.
+"""Weights on disk: ``model.safetensors`` + ``config.json``; ``load_pretrained`` finds them.
 
 A name is resolved in order: nothing -> the default model embedded in the package; an existing
 local folder or ``.safetensors`` file; otherwise a Hugging Face Hub repo id, fetched through
@@ -187,7 +187,7 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
     return Pretrained(model=model, model_hash=_hash_file(weights), source=str(weights))
 
 
-def from_pretrained(name: str | Path | None = None, revision: str | None = None,
+def load_pretrained(name: str | Path | None = None, revision: str | None = None,
                     cache_dir: str | Path | None = None) -> Pretrained:
     """Load a model by name: None (embedded default), a folder, a file, or a Hub repo id."""
     if name is None:

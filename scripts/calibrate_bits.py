@@ -22,7 +22,7 @@ import torch
 
 from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.hub import from_pretrained, save_pretrained
+from bsqaudio.hub import load_pretrained, save_pretrained
 from bsqaudio.io.audio_files import load_mono
 from bsqaudio.io.inputs import list_inputs
 from bsqaudio.train.calibration import audio_latents, balanced_thresholds, share_above, shift_thresholds
@@ -38,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     try:
-        model = from_pretrained(None if args.model == "-" else args.model).model.eval()
+        model = load_pretrained(None if args.model == "-" else args.model).model.eval()
         frontend = MelFrontend(model.config)
         rate = model.config.sample_rate
         names, groups = [], []

@@ -63,7 +63,7 @@ def other_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_codec(tiny_model_dir) -> Codec:
     # Few Griffin-Lim iterations: these tests check lengths, determinism and plumbing, not quality.
-    return Codec(bsqaudio.from_pretrained(tiny_model_dir), device="cpu", griffin_lim_iterations=4)
+    return Codec.from_pretrained(tiny_model_dir, device="cpu", griffin_lim_iterations=4)
 
 
 @pytest.fixture

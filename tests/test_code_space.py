@@ -42,7 +42,7 @@ def test_the_code_space_ignores_the_decoder_and_the_sign_of_zero(tiny_model_dir)
 
 def test_a_retrained_decoder_decodes_files_of_a_released_code_space(tmp_path, tiny_model_dir, other_model_dir,
                                                                      monkeypatch):
-    writer = Codec(bsqaudio.from_pretrained(tiny_model_dir), device="cpu", griffin_lim_iterations=2)
+    writer = Codec.from_pretrained(tiny_model_dir, device="cpu", griffin_lim_iterations=2)
     codes = writer.encode(torch.from_numpy(make_signal(1.5)), 16000)
     retrained = copy.deepcopy(writer.model)
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_a_retrained_decoder_decodes_files_of_a_released_code_space(tmp_path, ti
             p.mul_(0.9)
     new = tmp_path / "retrained"
     bsqaudio.save_pretrained(retrained, new)
-    decoder = Codec(bsqaudio.from_pretrained(new), device="cpu", griffin_lim_iterations=2)
+    decoder = Codec.from_pretrained(new, device="cpu", griffin_lim_iterations=2)
     assert decoder.model_hash != writer.model_hash
 
     # Format 2 names the code space: the retrained decoder decodes the file as it is.

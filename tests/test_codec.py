@@ -84,7 +84,7 @@ def test_same_input_same_bytes(tiny_codec, tiny_model_dir, wav_writer):
     first = write_bsq(tiny_codec.encode_file(path))
     second = write_bsq(tiny_codec.encode_file(path))
     assert first == second
-    fresh = Codec(bsqaudio.from_pretrained(tiny_model_dir), device="cpu")
+    fresh = Codec.from_pretrained(tiny_model_dir, device="cpu")
     assert write_bsq(fresh.encode_file(path)) == first
 
 
@@ -92,8 +92,8 @@ def test_batch_size_does_not_change_codes(tiny_model_dir):
     """Windows are encoded independently: one at a time or batched, the codes are the same."""
     wave = signal(12.0)  # 2 windows
     seen = []
-    one = Codec(bsqaudio.from_pretrained(tiny_model_dir), device="cpu", batch_size=1)
-    many = Codec(bsqaudio.from_pretrained(tiny_model_dir), device="cpu", batch_size=8)
+    one = Codec.from_pretrained(tiny_model_dir, device="cpu", batch_size=1)
+    many = Codec.from_pretrained(tiny_model_dir, device="cpu", batch_size=8)
     a = one.encode(wave, RATE, progress=lambda done, total: seen.append((done, total)))
     b = many.encode(wave, RATE)
     assert seen == [(1, 2), (2, 2)]
@@ -135,7 +135,7 @@ def test_module_level_api_uses_the_embedded_model_by_default():
 # -- compatibility ------------------------------------------------------------------------------
 
 def test_codes_from_another_model_are_refused(tiny_codec, other_model_dir):
-    other = Codec(bsqaudio.from_pretrained(other_model_dir), device="cpu")
+    other = Codec.from_pretrained(other_model_dir, device="cpu")
     assert other.model_hash != tiny_codec.model_hash
     codes = tiny_codec.encode(signal(0.5), RATE)
     with pytest.raises(BsqAudioError, match="model") as info:

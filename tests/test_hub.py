@@ -615,5 +615,5 @@ def test_an_owner_name_pair_still_goes_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     asked = []
     monkeypatch.setattr(hub, "_from_hub", lambda name, *a: asked.append(name))
-    bsqaudio.from_pretrained("owner/model")
+    hub.load_pretrained("owner/model")
     assert asked == ["owner/model"]

@@ -49,7 +49,7 @@ import bsqaudio
 from bsqaudio.codec import Codec
 
 model, folder = sys.argv[1], sys.argv[2]
-codec = Codec(bsqaudio.from_pretrained(model), device="cpu", griffin_lim_iterations=1)
+codec = Codec.from_pretrained(model, device="cpu", griffin_lim_iterations=1)
 tone = 0.3 * np.sin(np.arange(2 * 48001) * 0.05).astype(np.float32)
 for rate in (16000, 44101, 7919):
     sf.write(f"{folder}/{rate}.wav", tone[: 2 * rate], rate)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.errors import BsqAudioError
-from bsqaudio.hub import from_pretrained, save_pretrained
+from bsqaudio.hub import load_pretrained, save_pretrained
 from bsqaudio.io.inputs import list_inputs
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
@@ -273,7 +273,7 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
     torch.manual_seed(s.seed)
     model = AudioBSQ(config)
     if s.init_from and not resume:
-        start = from_pretrained(s.init_from).model
+        start = load_pretrained(s.init_from).model
         if start.config != config:
             raise BsqAudioError(f"{s.init_from}: its config differs from this run's "
                                 f"(preset {s.preset} with --set overrides)")
