@@ -164,6 +164,25 @@ def test_masked_samples_do_not_count_in_the_bit_balance_term():
     torch.testing.assert_close(masked.codebook_entropy, q(real).codebook_entropy)
 
 
+
+def test_masked_samples_do_not_count_in_any_term():
+    """Padding off the corners (less decided, costly to commit) changes no loss term and no bit
+    balance once masked: every term is that of the real samples alone."""
+    q = BinarySphericalQuantizer(8)
+    real = torch.where(indices_to_bits(torch.arange(256), 8), 1.0, -1.0) * 10.0
+    padding = torch.randn(256, 8) * 0.01 + 0.001
+    z = torch.cat([real, padding]).view(2, 256, 8)
+    mask = torch.tensor([True, False])[:, None].expand(2, 256)
+    masked, alone = q(z, mask), q(real)
+    for term in ("loss", "commit_loss", "sample_entropy", "codebook_entropy", "bit_balance"):
+        torch.testing.assert_close(getattr(masked, term), getattr(alone, term), msg=term)
+    assert q(z).sample_entropy > 1.5 * alone.sample_entropy  # unmasked, the padding counts
+
+
+def test_window_term_refuses_latents_without_windows():
+    with pytest.raises(ValueError, match="windows, patches"):
+        BinarySphericalQuantizer(8, gamma_window=1.0)(torch.randn(16, 8))
+
 def test_grouped_codebook_entropy_sees_copied_bits():
     """Two bits that always agree are each balanced, so per-bit entropy calls them perfect; the
     entropy of their joint patterns (2 of 4 used) is half that. Independent balanced bits score

@@ -14,6 +14,20 @@ satisfy that by copying one balanced feature into many bits (the first default m
 the 2^g patterns of each group, so copies within a group lower it. Both terms are *averaged* per
 bit rather than summed: summed over 36 bits they overwhelm the reconstruction loss and collapse
 every patch onto one code.
+
+Where this departs from BSQ-ViT's code, and why (each departure is a training-loss choice; codes
+are always the signs):
+- Bit probabilities are ``sigmoid(4 tau z sqrt(L))``, where BSQ-ViT's soft assignment amounts to
+  ``sigmoid(4 tau z / sqrt(L))``: here the logit is taken on coordinates scaled to unit size
+  (``z sqrt(L)`` is +-1 at a corner), so ``inv_temperature`` means the same sharpness at any L.
+  The same tau is therefore L times sharper than BSQ-ViT's (36x at L = 36); our default 1.0 was
+  chosen on this scale.
+- The entropy penalty is not divided by tau (BSQ-ViT divides it): with tau at 1 the two agree,
+  and the penalty's weight is ``zeta`` alone rather than a product of two knobs.
+- ``beta`` (commit loss) defaults to 0.25 where BSQ-ViT's is 0: the shipped models were trained
+  with it, and it keeps latents near the corners so the sign is not decided by noise.
+- Every term counts only the samples ``mask`` selects (in training, patches that hold audio):
+  padding past the end of a file does not pull codes towards silence's.
 """
 
 from __future__ import annotations
@@ -79,7 +93,7 @@ class BinarySphericalQuantizer(nn.Module):
     bits whose joint patterns the codebook entropy counts. ``gamma_window`` weights the same
     per-bit balance measured within each window (latents shaped (windows, patches, L)) instead of
     over the whole batch: it asks every recording, not only the mix, to use both values of each
-    bit. All are explicit, none reset silently; none changes the codes, only the training loss.
+    bit (it needs 3-D latents and refuses others). None changes the codes, only the training loss.
     """
 
     def __init__(self, num_bits: int, beta: float = 0.25, gamma0: float = 1.0, gamma: float = 1.0,
@@ -106,20 +120,23 @@ class BinarySphericalQuantizer(nn.Module):
         self._group_size = size
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
-        """``mask`` (z's shape without L), if given, selects the samples whose batch average the
-        codebook entropy balances (in training: the patches that hold audio, not padding)."""
+        """``mask`` (z's shape without L), if given, selects the samples every loss term and
+        ``bit_balance`` count (in training: the patches that hold audio, not padding)."""
+        if self.gamma_window and z.dim() != 3:
+            raise ValueError(f"gamma_window needs latents shaped (windows, patches, L), not {tuple(z.shape)}")
         z = F.normalize(z.float(), dim=-1)
         bits = z > 0
         hard = torch.where(bits, 1.0, -1.0) / math.sqrt(self.num_bits)
         codes = z + (hard - z).detach()
-        commit = ((hard - z) ** 2).sum(-1).mean()
+        flat_mask = None if mask is None else mask.reshape(-1)
+        commit = _masked_mean(((hard - z) ** 2).sum(-1).reshape(-1), flat_mask, 0)
         # Probability that each bit is +1: a softmax over the two candidate values, which for
         # coordinates scaled to unit size (z * sqrt(L) is about +-1 at a corner) is a sigmoid.
         p_plus = torch.sigmoid(4.0 * self.inv_temperature * z * math.sqrt(self.num_bits))
-        sample_entropy = _binary_entropy(p_plus).mean()
+        sample_entropy = _masked_mean(_binary_entropy(p_plus).mean(-1).reshape(-1), flat_mask, 0)
         codebook_entropy = self._codebook_entropy(p_plus.reshape(-1, self.num_bits), mask)
         penalty = self.gamma0 * sample_entropy - self.gamma * codebook_entropy
-        if self.gamma_window and z.dim() == 3:
+        if self.gamma_window:
             penalty = penalty - self.gamma_window * self._window_entropy(p_plus, mask)
         loss = self.beta * commit + self.zeta * penalty
         return QuantizerOutput(
@@ -129,7 +146,7 @@ class BinarySphericalQuantizer(nn.Module):
             commit_loss=commit.detach(),
             sample_entropy=sample_entropy.detach(),
             codebook_entropy=codebook_entropy.detach(),
-            bit_balance=bits.reshape(-1, self.num_bits).float().mean(0),
+            bit_balance=_masked_mean(bits.reshape(-1, self.num_bits).float(), flat_mask, 0),
         )
 
     def _window_entropy(self, p_plus_bnl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
