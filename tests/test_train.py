@@ -30,9 +30,10 @@ from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
 from bsqaudio.train.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from bsqaudio.train.data import AudioCache
-from bsqaudio.train.loop import TrainSettings, learning_rate, resumed_settings, train
+from bsqaudio.train.loop import learning_rate, train
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import real_audio_extent, real_token_mask
+from bsqaudio.train.settings import TrainSettings, resumed_settings
 
 RATE = 16000
 BSQAUDIO = shutil.which("bsqaudio")

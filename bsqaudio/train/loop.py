@@ -1,6 +1,7 @@
 """The training loop: one process, or one per GPU/CPU rank under ``torchrun`` (DDP).
 
-Every knob is a field of ``TrainSettings``; the CLI's ``train`` command fills it. Defaults come
+Every knob is a field of ``TrainSettings`` (``train.settings``), from which the CLI's ``train``
+command is generated. Defaults come
 from measurement on a 2-core CPU (batch 8, AdamW 4e-4); the seed's GPU recipe is
 ``--batch-size 32 --lr-per-sample 4e-7``. All randomness (crops, gains, masks) comes from one CPU
 generator per rank whose state is checkpointed, so a resumed run continues exactly as an
@@ -17,7 +18,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,80 +35,7 @@ from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, j
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
 from bsqaudio.train.progress import TrainingProgress
-
-
-@dataclass
-class TrainSettings:
-    inputs: list[str]
-    out: str
-    preset: str = "small"
-    config_overrides: dict = field(default_factory=dict)
-    steps: int = 20000
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 4e-4
-    lr_per_sample: float | None = None  # if set, lr = lr_per_sample * global batch (BSQ-ViT)
-    warmup: int = 500
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    loss: str = "mse"
-    quantizer_weight: float = 0.1
-    quantizer_warmup: int = 1000  # steps over which the quantizer loss ramps in
-    codebook_weight: float = 1.0  # the quantizer's gamma: weight of the bit-balance (codebook entropy) term
-    codebook_group: int = 1  # bits per group in that term: > 1 also penalizes bits that copy each other
-    window_balance_weight: float = 0.0  # weight of the same balance within each window (per recording)
-    spec_augment: bool = True
-    time_masks: int = 2
-    time_mask_width: int = 40
-    freq_masks: int = 2
-    freq_mask_width: int = 12
-    discriminator: bool = False
-    disc_start: int = 5000
-    disc_weight: float = 0.1
-    disc_lr: float = 1e-4
-    feature_match_weight: float = 1.0  # feature matching beside the hinge term, both under disc_weight
-    val_fraction: float = 0.05
-    val_dirs: list[str] = field(default_factory=list)
-    val_every: int = 500
-    val_windows: int = 32
-    checkpoint_every: int = 200
-    seed: int = 0
-    grad_checkpointing: bool = False
-    compile: bool = False
-    device: str = "auto"
-    cache: str | None = None
-    plot: bool = False
-    export_dtype: str = "float32"
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
-    init_from: str | None = None  # start a new run from these weights (a model folder or file)
-    freeze_encoder: bool = False  # train only the decoder: the codes stay as init_from's encoder writes them
-    batch_per_input: bool = False  # each batch from one input, so the bit balance holds per input, not only mixed
-    log_every: int = 10
-
-
-# Settings that describe the machine a run happens to use, not the run: a resume keeps the run's
-# other settings, but takes these from the new command (default or given).
-MACHINE_SETTINGS = frozenset({"device", "compile", "grad_checkpointing", "cache", "max_minutes"})
-
-
-def resumed_settings(given: TrainSettings, stored: dict, explicit: set[str]) -> tuple[TrainSettings, list[str]]:
-    """The settings a resumed run continues with, and the changes to report.
-
-    A run resumed without repeating, say, ``--codebook-group 9`` or ``--preset base`` would
-    otherwise continue with a different objective or fail to load: every setting not named in
-    ``explicit`` (given on this command line) keeps the checkpoint's value. Named ones win, so a
-    run can be extended (``--steps``) or retuned (``--lr``) on purpose; each change is listed."""
-    merged, changes = asdict(given), []
-    for name, value in stored.items():
-        if name not in merged or name in MACHINE_SETTINGS:
-            continue
-        if name not in explicit:
-            merged[name] = value
-        elif merged[name] != value:
-            changes.append(f"{name} {value!r} -> {merged[name]!r}")
-    return TrainSettings(**merged), changes
+from bsqaudio.train.settings import TrainSettings
 
 
 class Run:
