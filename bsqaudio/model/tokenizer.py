@@ -64,6 +64,9 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
+    def last_layer_weight(self) -> torch.Tensor:
+        return self.net[-1].weight
+
     def forward(self, mel_btf: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return mel_btf + self.net(mel_btf.unsqueeze(1)).squeeze(1)
@@ -135,6 +138,11 @@ class AudioBSQ(nn.Module):
             for module in self.encoder_modules():
                 module.eval()
         return self
+
+    def last_decoder_layer(self) -> torch.Tensor:
+        """The weight of the decoder's last layer: where an adversarial term's gradient is
+        compared with the reconstruction's (VQGAN's adaptive weight)."""
+        return self.refiner.last_layer_weight() if self.refiner is not None else self.head.weight
 
     def decode_codes(self, codes_bnl: torch.Tensor) -> torch.Tensor:
         """(B, N, L) codes -> (B, T, F) normalized mel in [-1, 1] at inference."""

@@ -15,8 +15,6 @@ import copy
 import json
 import math
 import os
-import shutil
-import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,50 +33,8 @@ from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, j
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
 from bsqaudio.train.progress import TrainingProgress
+from bsqaudio.train.run import Run, StopFlag, claim_run_folder
 from bsqaudio.train.settings import TrainSettings
-
-
-class Run:
-    """Process group, device and output folder of one training run."""
-
-    def __init__(self, settings: TrainSettings) -> None:
-        self.settings = settings
-        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-        if settings.device == "auto":
-            use_cuda = torch.cuda.is_available()
-        else:
-            use_cuda = settings.device.startswith("cuda")
-            if use_cuda and not torch.cuda.is_available():
-                raise BsqAudioError("--device cuda was asked for, but no CUDA GPU is available")
-        if self.distributed:
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            local = int(os.environ.get("LOCAL_RANK", 0))
-        else:
-            self.rank, self.world, local = 0, 1, 0
-        if use_cuda:
-            torch.cuda.set_device(local)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            self.device = torch.device("cuda", local)
-        else:
-            self.device = torch.device("cpu")
-        self.out = Path(settings.out)
-        self.is_main = self.rank == 0
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def log(self, message: str) -> None:
-        if self.is_main:
-            print(message, flush=True)
-
-    def close(self) -> None:
-        if self.distributed:
-            dist.destroy_process_group()
 
 
 def learning_rate(settings: TrainSettings, step: int, world: int) -> float:
@@ -139,65 +95,21 @@ def batch_sources(s: TrainSettings, cache: AudioCache, sample_rate: int
     return source, hours
 
 
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.stop = True
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-RUN_OUTPUTS = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "export", "metrics.jsonl")
-
-
-def claim_run_folder(out: Path, resume: bool, force: bool) -> None:
-    """A new run into a folder that holds another would overwrite its checkpoint and export and
-    mix two runs in one metrics.jsonl: refuse unless ``resume`` (continue it) or ``force`` (start
-    over: its checkpoint, export and metrics are removed; the audio cache is kept)."""
-    present = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if resume or not present:
-        return
-    if not force:
-        raise BsqAudioError(f"{out}: already holds a training run ({', '.join(present)}); use --resume to "
-                            "continue it, or --force to start over")
-    for name in present:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def train(settings: TrainSettings, resume: bool = False, force: bool = False) -> dict:
     """Run (or continue) training; returns the last validation metrics."""
     if "RANK" not in os.environ or os.environ["RANK"] == "0":
         claim_run_folder(Path(settings.out), resume, force)
     run = Run(settings)
-    s = settings
     try:
-        return _train(run, s, resume)
+        return Trainer(run, resume).fit()
     finally:
         run.close()
 
 
-def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
-    config = model_config(s)
-    frontend = MelFrontend(config)
-    train_cache, val_cache = prepare_data(run, config)
-    run.log(f"train {train_cache.seconds / 3600:.2f} h in {len(train_cache.names)} files, "
-            f"val {val_cache.seconds / 3600:.2f} h in {len(val_cache.names)} files; "
-            f"{config.name}: {config.bitrate:.0f} bit/s, device {run.device}, world {run.world}")
-    batch_source, source_hours = batch_sources(s, train_cache, config.sample_rate)
-    if batch_source is not None:
-        run.log("batches per input: " + ", ".join(f"{name} {h:.2f} h" for name, h
-                                                   in zip(s.inputs, source_hours.tolist(), strict=True)))
-
+def build_model(run: Run, config: ModelConfig, resume: bool) -> AudioBSQ:
+    """The model a run starts from: random (seeded), or ``init_from``'s weights, with the
+    quantizer's loss settings and the encoder frozen if asked."""
+    s = run.settings
     torch.manual_seed(s.seed)
     model = AudioBSQ(config)
     if s.init_from and not resume:
@@ -218,26 +130,60 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
             raise BsqAudioError("--freeze-encoder needs --init-from: a random encoder would stay random")
         model.freeze_encoder()
     model.set_grad_checkpointing(s.grad_checkpointing)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(run.device)
-    ema.to(run.device)
-    core = model
-    if run.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    forward = torch.compile(model) if s.compile else model
-    optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=s.lr, betas=(0.9, 0.99),
-                                  weight_decay=s.weight_decay)
-    adversary = Adversary(PatchDiscriminator(), s.disc_lr, run.device, run.distributed) if s.discriminator else None
-    generator = torch.Generator().manual_seed(s.seed * 1000 + run.rank)
-    step = 0
-    ckpt_dir = run.out / "checkpoint"
-    if resume:
-        trainer_state, meta = load_checkpoint(ckpt_dir, core, ema)
+    return model
+
+
+class Trainer:
+    """One run's model, EMA, optimizers, data and random stream, and the steps that train them:
+    ``fit`` alternates ``train_step`` with checkpoints (``save``) and ``validate``."""
+
+    def __init__(self, run: Run, resume: bool) -> None:
+        self.run = run
+        self.s = s = run.settings
+        self.config = config = model_config(s)
+        self.frontend = MelFrontend(config)
+        self.train_cache, self.val_cache = prepare_data(run, config)
+        run.log(f"train {self.train_cache.seconds / 3600:.2f} h in {len(self.train_cache.names)} files, "
+                f"val {self.val_cache.seconds / 3600:.2f} h in {len(self.val_cache.names)} files; "
+                f"{config.name}: {config.bitrate:.0f} bit/s, device {run.device}, world {run.world}")
+        self.batch_source, self.source_hours = batch_sources(s, self.train_cache, config.sample_rate)
+        if self.batch_source is not None:
+            run.log("batches per input: " + ", ".join(
+                f"{name} {h:.2f} h" for name, h in zip(s.inputs, self.source_hours.tolist(), strict=True)))
+
+        model = build_model(run, config, resume)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if run.distributed and run.device.type == "cuda":  # SyncBatchNorm is GPU-only
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.core = model.to(run.device)
+        self.ema.to(run.device)
+        self.model = model
+        if run.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        self.forward = torch.compile(self.model) if s.compile else self.model
+        self.optimizer = torch.optim.AdamW([p for p in self.core.parameters() if p.requires_grad], lr=s.lr,
+                                           betas=(0.9, 0.99), weight_decay=s.weight_decay)
+        self.adversary = (Adversary(PatchDiscriminator(), s.disc_lr, run.device, run.distributed)
+                          if s.discriminator else None)
+        self.generator = torch.Generator().manual_seed(s.seed * 1000 + run.rank)
+        self.step = 0
+        self.ckpt_dir = run.out / "checkpoint"
+        if resume:
+            self.restore()
+        self.segment = config.segment_samples
+        self.val_wave, self.val_len = self.val_cache.first_crops(self.segment, s.val_windows)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
+                         else contextlib.nullcontext())
+        # The layer whose gradient the adaptive GAN weight compares (the decoder's last).
+        self.last_layer = self.core.last_decoder_layer()
+
+    def restore(self) -> None:
+        """Continue from the run's checkpoint: weights, EMA, optimizers, random streams, step."""
+        run, s, ckpt_dir = self.run, self.s, self.ckpt_dir
+        trainer_state, meta = load_checkpoint(ckpt_dir, self.core, self.ema)
         try:
-            optimizer.load_state_dict(trainer_state["optimizer"])
+            self.optimizer.load_state_dict(trainer_state["optimizer"])
         except ValueError:
             raise BsqAudioError(f"{ckpt_dir}: its optimizer trained a different set of weights than this run "
                                 "would (was --freeze-encoder changed?)") from None
@@ -246,149 +192,159 @@ def _train(run: Run, s: TrainSettings, resume: bool) -> dict:
         try:
             states = trainer_state["generators"]
             if run.rank < len(states):
-                generator.set_state(states[run.rank])
+                self.generator.set_state(states[run.rank])
             else:  # more ranks than the checkpoint was saved with: a fresh, reproducible stream
-                generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
-            if adversary is not None and "disc" in trainer_state:
-                adversary.load_state_dict(trainer_state)
+                self.generator.manual_seed(s.seed * 1000 + run.rank + 7919 * meta["step"])
+            if self.adversary is not None and "disc" in trainer_state:
+                self.adversary.load_state_dict(trainer_state)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
             raise BsqAudioError(f"{ckpt_dir}: its random-number or discriminator state is damaged "
                                 f"({type(err).__name__}: {err})") from None
-        step = meta["step"]
-        run.log(f"resumed from step {step}")
+        self.step = meta["step"]
+        run.log(f"resumed from step {self.step}")
         if run.is_main:
-            drop_metrics_after(run.out / "metrics.jsonl", step)
+            drop_metrics_after(run.out / "metrics.jsonl", self.step)
 
-    segment = config.segment_samples
-    val_wave, val_len = val_cache.first_crops(segment, s.val_windows)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
-                else contextlib.nullcontext())
-    head = core.refiner.net[-1].weight if core.refiner is not None else core.head.weight
-
-    def save(step: int) -> None:
-        states = [generator.get_state()]
+    def save(self) -> None:
+        """A checkpoint of everything a resumed run needs (rank 0 writes; every rank's stream)."""
+        run = self.run
+        states = [self.generator.get_state()]
         if run.distributed:
             gathered = [None] * run.world
-            dist.all_gather_object(gathered, generator.get_state())
+            dist.all_gather_object(gathered, self.generator.get_state())
             states = gathered
         if not run.is_main:
             return
-        trainer_state = {"optimizer": optimizer.state_dict(), "generators": states}
-        if adversary is not None:
-            trainer_state.update(adversary.state_dict())
-        save_checkpoint(ckpt_dir, step, core, ema, trainer_state,
-                        {"settings": asdict(s), "config": config.to_dict()})
+        trainer_state = {"optimizer": self.optimizer.state_dict(), "generators": states}
+        if self.adversary is not None:
+            trainer_state.update(self.adversary.state_dict())
+        save_checkpoint(self.ckpt_dir, self.step, self.core, self.ema, trainer_state,
+                        {"settings": asdict(self.s), "config": self.config.to_dict()})
 
-    def validate(step: int) -> dict:
-        metrics = evaluate(ema, frontend, val_wave, val_len, run.device, autocast)
-        metrics.update(step=step, time=time.time())
-        with open(run.out / "metrics.jsonl", "a") as handle:
+    def validate(self, progress: TrainingProgress) -> dict:
+        """The EMA's validation metrics, appended to metrics.jsonl and shown."""
+        metrics = evaluate(self.ema, self.frontend, self.val_wave, self.val_len, self.run.device, self.autocast)
+        metrics.update(step=self.step, time=time.time())
+        with open(self.run.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({"kind": "val", **metrics}) + "\n")
-        progress.log(f"val step {step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
-                f"MSE {metrics['mel_mse_db']:.1f} dB^2, bits {metrics['bit_balance_min']:.2f}-"
-                f"{metrics['bit_balance_max']:.2f} ({metrics['copied_bits']} copied), "
-                f"distinct {metrics['distinct_per_window']:.2f}, "
-                f"perplexity {metrics['perplexity']:.0f}")
-        if s.plot:
+        progress.log(f"val step {self.step}: mel MAE {metrics['mel_mae_db']:.2f} dB, "
+                     f"MSE {metrics['mel_mse_db']:.1f} dB^2, bits {metrics['bit_balance_min']:.2f}-"
+                     f"{metrics['bit_balance_max']:.2f} ({metrics['copied_bits']} copied), "
+                     f"distinct {metrics['distinct_per_window']:.2f}, "
+                     f"perplexity {metrics['perplexity']:.0f}")
+        if self.s.plot:
             from bsqaudio.train.plots import plot_run
 
-            plot_run(run.out, ema, frontend, val_wave[:1], run.device, step)
+            plot_run(self.run.out, self.ema, self.frontend, self.val_wave[:1], self.run.device, self.step)
         return metrics
 
-    stop = StopFlag()
-    start_time = time.time()
-    last = {}
-    tokens_per_step = s.batch_size * s.grad_accum * run.world * config.num_patches
-    tick, tick_step = time.time(), step
-    with TrainingProgress(s.steps, step, run.is_main) as progress:
-        try:
-            if step == 0 and run.is_main:
-                last = validate(0)
-            # A model started from trained weights already has a trained quantizer: ramping its
-            # loss in again lets the bits drift out of balance (seen when continuing the default).
-            quantizer_ramp = 1 if s.init_from else s.quantizer_warmup
-            while step < s.steps and not stop.stop:
-                lr = learning_rate(s, step, run.world)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                q_weight = s.quantizer_weight * min(1.0, (step + 1) / max(1, quantizer_ramp))
-                use_gan = adversary is not None and step >= s.disc_start
-                logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "fm": 0.0, "disc": 0.0}
-                for micro in range(s.grad_accum):
-                    among = None
-                    if batch_source is not None:
-                        among = batch_source == int(torch.multinomial(source_hours, 1, generator=generator))
-                    wave, real = train_cache.random_crops(s.batch_size, segment, generator, among=among)
-                    wave = wave.to(run.device)
-                    frames, rows = real_audio_extent(real.to(run.device), config)
-                    with torch.no_grad():
-                        target, _ = frontend.normalize(frontend.power_mel(wave))
-                    inputs = target
-                    if s.spec_augment:
-                        inputs = spec_augment(target, generator, s.time_masks, s.time_mask_width,
-                                              s.freq_masks, s.freq_mask_width)
-                    last_micro = micro == s.grad_accum - 1
-                    sync = contextlib.nullcontext() if not run.distributed or last_micro else model.no_sync()
-                    with sync:
-                        with autocast:
-                            out = forward(inputs, real_token_mask(rows, config))
-                        recon = reconstruction_loss(out.reconstruction, target, s.loss, frames)
-                        total = recon + q_weight * out.quantizer.loss
-                        if use_gan:
-                            fake = judged(out.reconstruction, target, real_frame_mask(frames, target.shape[1]))
-                            with autocast:
-                                adv, fm = adversary.generator_losses(fake, target)
-                            gan = adv + s.feature_match_weight * fm
-                            total = total + adaptive_weight(recon, gan, head) * s.disc_weight * gan
-                            logs["gan"] += float(adv.detach()) / s.grad_accum
-                            logs["fm"] += float(fm.detach()) / s.grad_accum
-                        (total / s.grad_accum).backward()
-                    if use_gan:
-                        with autocast:
-                            logs["disc"] += adversary.discriminator_backward(
-                                target, fake, 1 / s.grad_accum, sync=last_micro) / s.grad_accum
-                    logs["recon"] += float(recon.detach()) / s.grad_accum
-                    logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
-                grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), s.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    def train_step(self, q_weight: float, use_gan: bool) -> tuple[dict, float]:
+        """One optimizer step over ``grad_accum`` micro-batches -> (mean losses, gradient norm)."""
+        s, run, config, adversary = self.s, self.run, self.config, self.adversary
+        logs = {"recon": 0.0, "quant": 0.0, "gan": 0.0, "fm": 0.0, "disc": 0.0}
+        for micro in range(s.grad_accum):
+            among = None
+            if self.batch_source is not None:
+                drawn = int(torch.multinomial(self.source_hours, 1, generator=self.generator))
+                among = self.batch_source == drawn
+            wave, real = self.train_cache.random_crops(s.batch_size, self.segment, self.generator, among=among)
+            wave = wave.to(run.device)
+            frames, rows = real_audio_extent(real.to(run.device), config)
+            with torch.no_grad():
+                target, _ = self.frontend.normalize(self.frontend.power_mel(wave))
+            inputs = target
+            if s.spec_augment:
+                inputs = spec_augment(target, self.generator, s.time_masks, s.time_mask_width,
+                                      s.freq_masks, s.freq_mask_width)
+            last_micro = micro == s.grad_accum - 1
+            sync = contextlib.nullcontext() if not run.distributed or last_micro else self.model.no_sync()
+            with sync:
+                with self.autocast:
+                    out = self.forward(inputs, real_token_mask(rows, config))
+                recon = reconstruction_loss(out.reconstruction, target, s.loss, frames)
+                total = recon + q_weight * out.quantizer.loss
                 if use_gan:
-                    adversary.step()
-                update_ema(ema, core, s.ema_decay if step >= s.warmup else 0.0)
-                step += 1
+                    fake = judged(out.reconstruction, target, real_frame_mask(frames, target.shape[1]))
+                    with self.autocast:
+                        adv, fm = adversary.generator_losses(fake, target)
+                    gan = adv + s.feature_match_weight * fm
+                    total = total + adaptive_weight(recon, gan, self.last_layer) * s.disc_weight * gan
+                    logs["gan"] += float(adv.detach()) / s.grad_accum
+                    logs["fm"] += float(fm.detach()) / s.grad_accum
+                (total / s.grad_accum).backward()
+            if use_gan:
+                with self.autocast:
+                    logs["disc"] += adversary.discriminator_backward(
+                        target, fake, 1 / s.grad_accum, sync=last_micro) / s.grad_accum
+            logs["recon"] += float(recon.detach()) / s.grad_accum
+            logs["quant"] += float(out.quantizer.loss.detach()) / s.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.core.parameters(), s.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if use_gan:
+            adversary.step()
+        update_ema(self.ema, self.core, s.ema_decay if self.step >= s.warmup else 0.0)
+        self.step += 1
+        return logs, float(grad_norm)
 
-                if step % s.log_every == 0 and run.is_main:
-                    now = time.time()
-                    rate = (step - tick_step) / max(1e-9, now - tick)
-                    tick, tick_step = now, step
-                    eta = (s.steps - step) / max(rate, 1e-9)
-                    record = {"kind": "train", "step": step, "lr": lr, "grad_norm": float(grad_norm),
-                              "tokens_per_s": rate * tokens_per_step, "steps_per_s": rate, **logs}
-                    with open(run.out / "metrics.jsonl", "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    shown = logs if use_gan else {"recon": logs["recon"], "quant": logs["quant"]}
-                    progress.update(step, shown, lr, rate * tokens_per_step, eta)
-                out_of_time = (s.max_minutes is not None
-                               and time.time() - start_time > s.max_minutes * 60)
-                if run.distributed:
-                    flag = torch.tensor([float(stop.stop or out_of_time)], device=run.device)
-                    dist.all_reduce(flag)
-                    stop.stop = stop.stop or bool(flag.item())
-                else:
-                    stop.stop = stop.stop or out_of_time
-                if step % s.checkpoint_every == 0 or stop.stop or step == s.steps:
-                    save(step)
-                if run.is_main and (step % s.val_every == 0 or step == s.steps):
-                    last = validate(step)
-                run.barrier()
-        finally:
-            stop.restore()
-    if run.is_main and step >= s.steps:
-        save_pretrained(ema, run.out / "export", dtype=getattr(torch, s.export_dtype))
-        run.log(f"exported {run.out / 'export'}")
-    elif stop.stop:
-        run.log(f"stopped at step {step}; continue with --resume")
-    return last
+    def fit(self) -> dict:
+        """Train to ``steps`` (or a signal, or ``max_minutes``), checkpointing and validating on
+        schedule; export the EMA at the end. Returns the last validation metrics."""
+        s, run = self.s, self.run
+        stop = StopFlag()
+        start_time = time.time()
+        last = {}
+        tokens_per_step = s.batch_size * s.grad_accum * run.world * self.config.num_patches
+        tick, tick_step = time.time(), self.step
+        # A model started from trained weights already has a trained quantizer: ramping its loss
+        # in again lets the bits drift out of balance (seen when continuing the default).
+        quantizer_ramp = 1 if s.init_from else s.quantizer_warmup
+        with TrainingProgress(s.steps, self.step, run.is_main) as progress:
+            try:
+                if self.step == 0 and run.is_main:
+                    last = self.validate(progress)
+                while self.step < s.steps and not stop.stop:
+                    lr = learning_rate(s, self.step, run.world)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    q_weight = s.quantizer_weight * min(1.0, (self.step + 1) / max(1, quantizer_ramp))
+                    use_gan = self.adversary is not None and self.step >= s.disc_start
+                    logs, grad_norm = self.train_step(q_weight, use_gan)
+                    step = self.step
+                    if step % s.log_every == 0 and run.is_main:
+                        now = time.time()
+                        rate = (step - tick_step) / max(1e-9, now - tick)
+                        tick, tick_step = now, step
+                        eta = (s.steps - step) / max(rate, 1e-9)
+                        record = {"kind": "train", "step": step, "lr": lr, "grad_norm": grad_norm,
+                                  "tokens_per_s": rate * tokens_per_step, "steps_per_s": rate, **logs}
+                        with open(run.out / "metrics.jsonl", "a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                        shown = logs if use_gan else {"recon": logs["recon"], "quant": logs["quant"]}
+                        progress.update(step, shown, lr, rate * tokens_per_step, eta)
+                    out_of_time = s.max_minutes is not None and time.time() - start_time > s.max_minutes * 60
+                    stop.stop = self.any_rank(stop.stop or out_of_time)
+                    if step % s.checkpoint_every == 0 or stop.stop or step == s.steps:
+                        self.save()
+                    if run.is_main and (step % s.val_every == 0 or step == s.steps):
+                        last = self.validate(progress)
+                    run.barrier()
+            finally:
+                stop.restore()
+        if run.is_main and self.step >= s.steps:
+            save_pretrained(self.ema, run.out / "export", dtype=getattr(torch, s.export_dtype))
+            run.log(f"exported {run.out / 'export'}")
+        elif stop.stop:
+            run.log(f"stopped at step {self.step}; continue with --resume")
+        return last
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (a stop on one rank stops all)."""
+        if not self.run.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=self.run.device)
+        dist.all_reduce(value)
+        return bool(value.item())
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
