@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bsqaudio.evaluate import code_statistics, summarize_codes
 from bsqaudio.model.quantizer import bits_to_indices
+from bsqaudio.token_statistics import code_statistics, summarize_codes
 
 
 def _report(bits_nl: torch.Tensor) -> dict:

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from bsqaudio.evaluate import copied_bits
+from bsqaudio.model.quantizer import indices_to_bits
+from bsqaudio.token_statistics import copied_bits
 
 
 def real_audio_extent(crop_samples: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +48,7 @@ def code_usage(indices_bn: torch.Tensor, rows_b: torch.Tensor, grid_freq: int,
         used.append(real)
         per_window.append(real.unique().numel() / max(1, real.numel()))
     flat = torch.cat(used)
-    shifts = torch.arange(code_bits - 1, -1, -1)
-    bits = ((flat[:, None] >> shifts) & 1).float()
+    bits = indices_to_bits(flat, code_bits).float()
     _, counts = flat.unique(return_counts=True)
     p = counts.float() / counts.sum()
     entropy = float(-(p * p.log()).sum())
