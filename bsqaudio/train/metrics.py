@@ -11,10 +11,10 @@ from bsqaudio.token_statistics import copied_bits
 
 
 def real_audio_extent(crop_samples: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) samples of real audio in crops of ``window_samples - hop + n_fft`` -> ((B,) mel
-    frames, (B,) patch rows) that hold it. Crops start half an FFT before the window, so the
-    real audio inside the window is shorter by that."""
-    samples = (crop_samples - config.n_fft // 2).clamp(1, config.window_samples)
+    """(B,) samples of real audio in crops of ``config.segment_samples`` -> ((B,) mel frames,
+    (B,) patch rows) that hold it. Crops start where a window's segment does (half an FFT before
+    the window), so the real audio inside the window is shorter by that."""
+    samples = (crop_samples + config.segment_start(0)).clamp(1, config.window_samples)
     frames = torch.ceil(samples / config.hop_length).long().clamp_min(1)
     return frames, torch.ceil(frames / config.patch_time).long()
 
