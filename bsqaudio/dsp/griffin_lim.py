@@ -40,7 +40,7 @@ class GriffinLim:
         return (power_tf @ self.mel_fb_pinv.to(power_tf.device)).clamp_min(0.0).T
 
     def invert(self, power_ft: torch.Tensor, iterations: int = GRIFFIN_LIM_ITERATIONS,
-                    momentum: float = 0.99, phase_ft: torch.Tensor | None = None) -> torch.Tensor:
+               momentum: float = 0.99, phase_ft: torch.Tensor | None = None) -> torch.Tensor:
         """(n_freqs, T) linear power -> (T * hop,) audio, deterministic.
 
         The fast Griffin-Lim with momentum of torchaudio's ``griffinlim``, step for step, with a
