@@ -32,8 +32,8 @@ from bsqaudio.train.checkpoint import load_checkpoint, load_trainer_state, save_
 from bsqaudio.train.data import AudioCache
 from bsqaudio.train.loop import learning_rate, train
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
-from bsqaudio.train.metrics import real_audio_extent, real_token_mask
 from bsqaudio.train.settings import TrainSettings, resumed_settings
+from bsqaudio.train.validation import real_audio_extent, real_token_mask
 
 RATE = 16000
 BSQAUDIO = shutil.which("bsqaudio")

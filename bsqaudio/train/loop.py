@@ -31,10 +31,10 @@ from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
 from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, validation_rank
 from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, judged
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
-from bsqaudio.train.metrics import code_usage, mel_errors_db, real_audio_extent, real_frame_mask, real_token_mask
 from bsqaudio.train.progress import TrainingProgress
 from bsqaudio.train.run import Run, StopFlag, claim_run_folder
 from bsqaudio.train.settings import TrainSettings
+from bsqaudio.train.validation import real_audio_extent, real_frame_mask, real_token_mask, validation_metrics
 
 
 def learning_rate(settings: TrainSettings, step: int, world: int) -> float:
@@ -223,7 +223,8 @@ class Trainer:
 
     def validate(self, progress: TrainingProgress) -> dict:
         """The EMA's validation metrics, appended to metrics.jsonl and shown."""
-        metrics = evaluate(self.ema, self.frontend, self.val_wave, self.val_len, self.run.device, self.autocast)
+        metrics = validation_metrics(self.ema, self.frontend, self.val_wave, self.val_len, self.run.device,
+                                     self.autocast)
         metrics.update(step=self.step, time=time.time())
         with open(self.run.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({"kind": "val", **metrics}) + "\n")
@@ -368,25 +369,3 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(m.detach(), 1 - decay)
         else:
             e.copy_(m)
-
-
-@torch.no_grad()
-def evaluate(model: AudioBSQ, frontend: MelFrontend, wave_bs: torch.Tensor, lengths: torch.Tensor,
-             device: torch.device, autocast) -> dict:
-    """Mel errors and code usage of ``model`` on fixed validation windows."""
-    config = model.config
-    was_training = model.training
-    model.eval()
-    target, _ = frontend.normalize(frontend.power_mel(wave_bs.to(device)))
-    preds, indices = [], []
-    for chunk in target.split(16):
-        with autocast:
-            q = model.encode(chunk)
-            preds.append(model.decode_indices(q.indices).float())
-        indices.append(q.indices.cpu())
-    pred = torch.cat(preds)
-    frames, rows = real_audio_extent(lengths, config)
-    mse, mae = mel_errors_db(pred, target, frames, config.db_range)
-    model.train(was_training)
-    return {"mel_mse_db": mse, "mel_mae_db": mae,
-            **code_usage(torch.cat(indices), rows, config.grid_freq, config.code_bits)}

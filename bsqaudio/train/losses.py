@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bsqaudio.train.metrics import real_frame_mask
+from bsqaudio.train.validation import real_frame_mask
 
 
 def reconstruction_loss(pred_btf: torch.Tensor, target_btf: torch.Tensor, kind: str,

@@ -1,4 +1,5 @@
-"""Validation measures of a tokenizer: mel error in dB and codebook usage."""
+"""Validation measures of a tokenizer during training: which frames and patches of a crop hold
+audio, mel error in dB and code usage."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import torch
 
+from bsqaudio.dsp.mel import MelFrontend
 from bsqaudio.model.quantizer import indices_to_bits
+from bsqaudio.model.tokenizer import AudioBSQ
 from bsqaudio.token_statistics import copied_bits
 
 
@@ -61,3 +64,25 @@ def code_usage(indices_bn: torch.Tensor, rows_b: torch.Tensor, grid_freq: int,
         "distinct_per_window": sum(per_window) / len(per_window),
         "perplexity": math.exp(entropy),
     }
+
+
+@torch.no_grad()
+def validation_metrics(model: AudioBSQ, frontend: MelFrontend, wave_bs: torch.Tensor, lengths: torch.Tensor,
+             device: torch.device, autocast) -> dict:
+    """Mel errors and code usage of ``model`` on fixed validation windows."""
+    config = model.config
+    was_training = model.training
+    model.eval()
+    target, _ = frontend.normalize(frontend.power_mel(wave_bs.to(device)))
+    preds, indices = [], []
+    for chunk in target.split(16):
+        with autocast:
+            q = model.encode(chunk)
+            preds.append(model.decode_indices(q.indices).float())
+        indices.append(q.indices.cpu())
+    pred = torch.cat(preds)
+    frames, rows = real_audio_extent(lengths, config)
+    mse, mae = mel_errors_db(pred, target, frames, config.db_range)
+    model.train(was_training)
+    return {"mel_mse_db": mse, "mel_mae_db": mae,
+            **code_usage(torch.cat(indices), rows, config.grid_freq, config.code_bits)}
