@@ -10,6 +10,7 @@ import torch
 
 from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
 from bsqaudio.model import PRESETS, patchify, unpatchify
+from bsqaudio.model.tokenizer import Refiner
 
 
 @pytest.mark.parametrize("patch_time,patch_freq", [(16, 16), (8, 16), (16, 8), (4, 32), (32, 4)])
@@ -115,6 +116,21 @@ def test_windows_in_a_batch_are_independent():
         together = model.encode(mel).indices
         alone = model.encode(mel[1:2]).indices
     assert torch.equal(together[1:2], alone)
+
+
+def test_refiner_inference_path_matches_training_path():
+    """Decoding runs the refiner window by window in channels-last layout; it must give the mel
+    the training path (whole batch, default layout) gives, for a refiner that does something."""
+    torch.manual_seed(0)
+    refiner = Refiner(8)
+    torch.nn.init.normal_(refiner.net[-1].weight, std=0.1)  # its last layer starts at zero
+    mel = torch.rand(3, 1024, 128) * 2 - 1
+    with torch.enable_grad():
+        trained_path = refiner(mel).detach()
+    with torch.inference_mode():
+        decode_path = refiner(mel)
+    assert (trained_path - mel).abs().mean() > 0.01
+    torch.testing.assert_close(decode_path, trained_path, rtol=0, atol=1e-5)
 
 
 def _loss_and_grads(model, mel):
