@@ -67,8 +67,7 @@ class GriffinLim:
             audio = self._istft(magnitude * angles, length)
             rebuilt = torch.stft(audio, c.n_fft, c.hop_length, c.win_length, window,
                                  center=True, pad_mode="reflect", return_complex=True)
-            angles = rebuilt - previous * (momentum / (1 + momentum))
-            angles = angles * (1.0 / (angles.abs() + 1e-16))
+            angles = torch.sgn(torch.add(rebuilt, previous, alpha=-momentum / (1 + momentum)))
             previous = rebuilt
         audio = self._istft(magnitude * angles, length)
         return torch.nn.functional.pad(audio, (0, c.hop_length))
@@ -92,55 +91,27 @@ class GriffinLim:
         after 16 iterations within about 10 % of it in spectral convergence (docs/benchmarks.md).
         Phases are not wrapped to [0, 2 pi)."""
         c = self.config
-        a, m_fft = c.hop_length, c.n_fft
-        lam = HANN_LAMBDA * c.win_length ** 2
-        two_pi = 2 * math.pi
         log_mag = magnitude_ft.T.float().clamp_min(1e-30).log()  # (T, F), frame-major
         log_mag = log_mag.clamp_min(log_mag.max() - c.db_range / 20 * math.log(10))
-        frames, bins = log_mag.shape
+        time_gradient, along = self._phase_gradients(log_mag)
+        return integrate_along_peaks(log_mag, time_gradient, along).T.to(magnitude_ft.dtype)
+
+    def _phase_gradients(self, log_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, F) log-magnitude -> the phase advance per hop (T, F), and the phase integrated
+        along frequency from bin 0 to each bin (T, F)."""
+        c = self.config
+        a, m_fft = c.hop_length, c.n_fft
+        lam = HANN_LAMBDA * c.win_length ** 2
         pad = torch.nn.functional.pad
         d_freq = pad((log_mag[:, 2:] - log_mag[:, :-2]) / 2, (1, 1))
         d_time = pad((log_mag[2:] - log_mag[:-2]) / 2, (0, 0, 1, 1))
-        bin_index = torch.arange(bins, device=log_mag.device)
+        bin_index = torch.arange(log_mag.shape[1], device=log_mag.device)
         # Phase advance per hop (the instantaneous frequency), and per bin from the frequency
         # gradient, trapezoid rule; the pi per bin is torch.stft's phase reference, the frame's
         # first sample, n_fft / 2 before the window's centre.
-        time_gradient = (a * m_fft / lam) * d_freq + (two_pi * a / m_fft) * bin_index
+        time_gradient = (a * m_fft / lam) * d_freq + (2 * math.pi * a / m_fft) * bin_index
         bin_step = (-lam / (2 * a * m_fft)) * (d_time[:, 1:] + d_time[:, :-1]) + math.pi
-        along = pad(torch.cumsum(bin_step, 1), (1, 0))  # integrated from bin 0 to bin m
-
-        below = pad(log_mag[:, :-1], (1, 0), value=-math.inf)
-        above = pad(log_mag[:, 1:], (0, 1), value=-math.inf)
-        is_peak = (log_mag > below) & (log_mag >= above)  # every frame has one: its first maximum
-        is_valley = (log_mag <= below) & (log_mag < above)
-        last_peak = torch.cummax(torch.where(is_peak, bin_index, -1), 1).values
-        last_valley = torch.cummax(torch.where(is_valley, bin_index, -1), 1).values
-        next_peak = torch.cummin(torch.where(is_peak, bin_index, bins).flip(1), 1).values.flip(1)
-        # Falling from the last peak (no valley since) -> that peak; rising -> the next one.
-        owner = torch.where((last_peak > last_valley) | (next_peak == bins), last_peak, next_peak)
-
-        # Peaks numbered in frame-major order: rank[n * F + m] is the number of the last peak at or
-        # before (n, m), so rank at a peak's position is that peak's number.
-        rank = torch.cumsum(is_peak.reshape(-1), 0) - 1
-        owner_flat = owner + (torch.arange(frames, device=log_mag.device) * bins)[:, None]
-        frame, peak_bin = is_peak.nonzero(as_tuple=True)
-        earlier = (frame - 1).clamp_min(0)
-        earlier_owner = owner_flat[earlier, peak_bin]
-        first = frame == 0
-        parent = torch.where(first, rank[frame * bins + peak_bin], rank[earlier_owner])
-        offset = (along[earlier, peak_bin] - along.reshape(-1)[earlier_owner]
-                  + (time_gradient[earlier, peak_bin] + time_gradient[frame, peak_bin]) / 2)
-        offset = torch.where(first, 0.0, torch.remainder(offset, two_pi))  # first-frame peaks: 0
-        # Pointer jumping: offset[i] is the phase of peak i minus that of peak parent[i]; each
-        # round doubles the distance jumped, until every parent is a first-frame peak.
-        while True:
-            grandparent = parent[parent]
-            if torch.equal(grandparent, parent):
-                break
-            offset = torch.remainder(offset + offset[parent], two_pi)
-            parent = grandparent
-        base = offset - along[frame, peak_bin]  # each peak's phase less its own frequency integral
-        return (base[rank[owner_flat]] + along).T.to(magnitude_ft.dtype)
+        return time_gradient, pad(torch.cumsum(bin_step, 1), (1, 0))
 
     def _istft(self, spec_ft: torch.Tensor, length: int) -> torch.Tensor:
         """Inverse of a centred ``torch.stft`` with this front-end's window.
@@ -233,3 +204,42 @@ class GriffinLim:
             drop = start - overlap - buffer_start
             if drop > 0:
                 buffer, buffer_start = buffer[drop:], buffer_start + drop
+
+
+def integrate_along_peaks(log_mag: torch.Tensor, time_gradient: torch.Tensor,
+                          along: torch.Tensor) -> torch.Tensor:
+    """(T, F) log-magnitude and phase gradients (``GriffinLim._phase_gradients``) -> (T, F)
+    phase: each bin the phase of its lobe's peak plus ``along`` from the peak to it; each peak
+    the phase of the bin it was in a frame before plus the trapezoid of ``time_gradient``."""
+    two_pi = 2 * math.pi
+    pad = torch.nn.functional.pad
+    below = pad(log_mag[:, :-1], (1, 0), value=-math.inf)
+    above = pad(log_mag[:, 1:], (0, 1), value=-math.inf)
+    is_peak = (log_mag > below) & (log_mag >= above)  # every frame has one: its first maximum
+    is_valley = (log_mag <= below) & (log_mag < above)
+    # Along a frame, peaks and valleys alternate, starting and ending with a peak: a peak is
+    # where the magnitude stops rising, a valley where it starts again. So the lobe a bin lies
+    # in (from the valley below a peak to the valley above it) is numbered by the valleys at or
+    # before it, and its peak's number in frame-major order is that count plus the peaks of
+    # the earlier frames. Peak i sits at (frame[i], peak_bin[i]).
+    frame, peak_bin = is_peak.nonzero(as_tuple=True)
+    peaks_before = pad(torch.cumsum(is_peak.sum(1), 0)[:-1], (1, 0))
+    owner = peaks_before[:, None] + torch.cumsum(is_valley, 1)  # (T, F) peak numbers
+    along_at_peak = along[frame, peak_bin]
+    earlier = (frame - 1).clamp_min(0)
+    first = frame == 0
+    earlier_owner = owner[earlier, peak_bin]  # the peak owning this bin a frame before
+    parent = torch.where(first, torch.arange(frame.numel(), device=log_mag.device), earlier_owner)
+    offset = (along[earlier, peak_bin] - along_at_peak[earlier_owner]
+              + (time_gradient[earlier, peak_bin] + time_gradient[frame, peak_bin]) / 2)
+    offset = torch.where(first, 0.0, torch.remainder(offset, two_pi))  # first-frame peaks: 0
+    # Pointer jumping: offset[i] is the phase of peak i minus that of peak parent[i]; each
+    # round doubles the distance jumped, until every parent is a first-frame peak.
+    while True:
+        grandparent = parent[parent]
+        if torch.equal(grandparent, parent):
+            break
+        offset = torch.remainder(offset + offset[parent], two_pi)
+        parent = grandparent
+    base = offset - along_at_peak  # each peak's phase less its own frequency integral
+    return base[owner] + along
