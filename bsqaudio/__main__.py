@@ -1,5 +1,5 @@
 """``python -m bsqaudio`` is the same as the ``bsqaudio`` command."""
 
-from bsqaudio.cli import run
+from bsqaudio.cli import main
 
-run()
+main()
