@@ -44,7 +44,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
