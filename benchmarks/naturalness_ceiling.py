@@ -62,10 +62,9 @@ def variants(codec: Codec, wave: torch.Tensor) -> dict[str, torch.Tensor]:
     def griffin_lim(power_tf: torch.Tensor) -> torch.Tensor:
         return gl.synthesize(power_tf, iterations=codec.griffin_lim_iterations)[:length]
 
-    magnitude = gl.mel_to_linear(decoded).sqrt()
     return {
         "decoded": griffin_lim(decoded),
-        "+ true phase": gl._istft(magnitude * torch.polar(torch.ones_like(magnitude), spec.angle()), length),
+        "+ true phase": gl.invert(gl.mel_to_linear(decoded), iterations=0, phase_ft=spec.angle())[:length],
         "+ true fine (9)": griffin_lim(fine_on_envelope(decoded_db, true_db, 9)),
         "+ true fine (17)": griffin_lim(fine_on_envelope(decoded_db, true_db, 17)),
         "true env + dec fine (9)": griffin_lim(fine_on_envelope(true_db, decoded_db, 9)),
