@@ -55,6 +55,12 @@ class Transformer(nn.Module):
 class Refiner(nn.Module):
     """A residual 3x3 conv stack over the whole spectrogram that smooths patch borders."""
 
+    # Inference runs the stack on strips of this many frames (plus ``HALO`` frames of context on
+    # each side): a strip's 32 activation planes (~4 MB) stay in the CPU's caches, where a whole
+    # window's (~17 MB per layer) went to memory and back between layers (docs/benchmarks.md).
+    STRIP_FRAMES = 256
+    HALO = 3  # three 3x3 convolutions: an output frame sees 3 frames to each side
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
@@ -71,22 +77,28 @@ class Refiner(nn.Module):
     def forward(self, mel_btf: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return mel_btf + self.net(mel_btf.unsqueeze(1)).squeeze(1)
-        # Inference: one window at a time, since its activations (channels x 1024 x 128 floats,
-        # ~17 MB per window and layer) dominate decode memory when a whole batch goes through at
-        # once; and channels-last, which runs the 32 -> 32 convolution near the CPU's matmul
-        # peak and halves the refiner's time (docs/benchmarks.md). A 1-channel weight's layout
-        # is ambiguous, so the first layer's weight is given channels-last strides explicitly:
-        # they decide the layout every later activation keeps.
+        # Inference: strip by strip, since whole-batch activations (channels x 1024 x 128 floats
+        # per window and layer) dominate decode memory and spill out of the caches; and
+        # channels-last, which runs the 32 -> 32 convolution near the CPU's matmul peak
+        # (docs/benchmarks.md). A strip is cut with HALO frames of real context on both sides,
+        # so its inner frames see exactly what they see in the whole spectrogram; the zero
+        # padding at a strip's cut edge only reaches its halo, which is dropped. A 1-channel
+        # weight's layout is ambiguous, so the first layer's weight is given channels-last
+        # strides explicitly: they decide the layout every later activation keeps.
         weights = {i: layer.weight.to(memory_format=torch.channels_last)
                    for i, layer in enumerate(self.net) if isinstance(layer, nn.Conv2d)}
-        out = []
-        for m in mel_btf.split(1):
-            x = m[:, None].contiguous(memory_format=torch.channels_last)
-            for i, layer in enumerate(self.net):
-                x = (F.conv2d(x, weights[i], layer.bias, layer.stride, layer.padding) if i in weights
-                     else layer(x))
-            out.append(m + x[:, 0])
-        return torch.cat(out)
+        frames = mel_btf.shape[1]
+        out = torch.empty_like(mel_btf)
+        for b in range(mel_btf.shape[0]):
+            for start in range(0, frames, self.STRIP_FRAMES):
+                end = min(start + self.STRIP_FRAMES, frames)
+                lo, hi = max(start - self.HALO, 0), min(end + self.HALO, frames)
+                x = mel_btf[b: b + 1, None, lo:hi].contiguous(memory_format=torch.channels_last)
+                for i, layer in enumerate(self.net):
+                    x = (F.conv2d(x, weights[i], layer.bias, layer.stride, layer.padding) if i in weights
+                         else layer(x))
+                out[b, start:end] = mel_btf[b, start:end] + x[0, 0, start - lo: end - lo]
+        return out
 
 
 @dataclass
