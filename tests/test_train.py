@@ -6,6 +6,7 @@ chirps, noise bursts), so the whole file runs in a few minutes on two shared CPU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,11 +26,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import bsqaudio
+from bsqaudio.code_space import code_space_id
 from bsqaudio.errors import BsqAudioError
+from bsqaudio.hub import load_pretrained, save_pretrained
 from bsqaudio.model import AudioBSQ, preset
 from bsqaudio.train import loop
 from bsqaudio.train.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from bsqaudio.train.data import AudioCache
+from bsqaudio.train.distill import keep_decoder_blocks
 from bsqaudio.train.loop import learning_rate, train
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.settings import TrainSettings, resumed_settings
@@ -739,3 +743,67 @@ def test_the_validation_split_does_not_move_with_the_corpus():
     here = [validation_rank(Path("/data/corpus") / n) for n in names]
     assert here == [validation_rank(Path("/mnt/copy/of/corpus") / n) for n in names]
     assert 0.0 < min(here) < 0.05 < max(here) < 1.0  # a spread, not a constant
+
+
+# -- a shallower decoder trained to copy a deeper one (--distill-from) ------------------------------
+
+def test_kept_blocks_decode_as_the_same_blocks_of_the_original():
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset("tiny"), decoder_layers=3)
+    model = AudioBSQ(config).eval()
+    for block in model.decoder.blocks:  # LayerScale starts small: make every block matter
+        for scale in (block.attn_scale, block.conv_scale, block.ffn_scale):
+            scale.scale.data.fill_(1.0)
+    smaller = keep_decoder_blocks(model, [2, 0]).eval()
+    assert smaller.config.decoder_layers == 2
+    assert code_space_id(smaller) == code_space_id(model)
+    codes = torch.randint(0, 2, (2, config.num_patches, config.code_bits)).float() * 2 - 1
+    with torch.no_grad():
+        x = model.post_quant_embed(codes) + model.decoder_pos
+        x = model.decoder.blocks[0](model.decoder.blocks[2](x))
+        by_hand = model.head(model.decoder.norm(x))
+        kept = smaller.head(smaller.decoder(smaller.post_quant_embed(codes) + smaller.decoder_pos))
+    torch.testing.assert_close(kept, by_hand)
+    with pytest.raises(BsqAudioError, match="distinct"):
+        keep_decoder_blocks(model, [0, 0])
+    with pytest.raises(BsqAudioError, match="distinct"):
+        keep_decoder_blocks(model, [3])
+
+
+def test_distillation_brings_the_student_towards_the_teacher_and_keeps_the_codes(tmp_path, corpus):
+    """Without Conformer convolutions: their BatchNorm statistics, re-estimated on batches of 2
+    over a dozen steps, would swamp what so short a run can show."""
+    deep = tmp_path / "deep"
+    train(settings(deep, corpus, steps=3, config_overrides={"decoder_layers": 2, "conv": False}))
+    teacher = load_pretrained(deep / "export").model
+    student_start = tmp_path / "start"
+    start = keep_decoder_blocks(teacher, [1])
+    torch.manual_seed(1)
+    torch.nn.init.normal_(start.head.weight, std=0.05)  # a start clearly off the teacher
+    save_pretrained(start, student_start)
+    common = dict(steps=12, lr=3e-3, init_from=str(student_start), freeze_encoder=True, spec_augment=False,
+                  config_overrides={"conv": False})
+    train(settings(tmp_path / "student", corpus, distill_from=str(deep / "export"), **common))
+    train(settings(tmp_path / "on-truth", corpus, **common))
+    clip = torch.from_numpy(make_clip("chirp", 12.0, 3))
+    codecs = {name: bsqaudio.Codec.from_pretrained(folder, device="cpu")
+              for name, folder in (("teacher", deep / "export"), ("start", student_start),
+                                   ("student", tmp_path / "student" / "export"),
+                                   ("on-truth", tmp_path / "on-truth" / "export"))}
+    codes = codecs["teacher"].encode(clip, RATE)
+    assert all(torch.equal(codec.encode(clip, RATE).indices, codes.indices) for codec in codecs.values())
+    mel = {name: codec.decode_mel(codes).log10() for name, codec in codecs.items()}
+    distance = {name: float((mel[name] - mel["teacher"]).abs().mean()) for name in ("start", "student", "on-truth")}
+    assert distance["student"] < 0.85 * distance["start"]
+    assert distance["student"] < 0.85 * distance["on-truth"]  # it learned the teacher, not the truth
+
+def test_distillation_refuses_a_teacher_of_other_codes_or_a_trainable_encoder(tmp_path, corpus):
+    first, other = tmp_path / "first", tmp_path / "other"
+    train(settings(first, corpus, steps=1))
+    train(settings(other, corpus, steps=1, seed=5))
+    with pytest.raises(BsqAudioError, match="another code space"):
+        train(settings(tmp_path / "a", corpus, steps=1, init_from=str(first / "export"), freeze_encoder=True,
+                       distill_from=str(other / "export")))
+    with pytest.raises(BsqAudioError, match="needs --freeze-encoder"):
+        train(settings(tmp_path / "b", corpus, steps=1, init_from=str(first / "export"),
+                       distill_from=str(first / "export")))

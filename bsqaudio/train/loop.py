@@ -29,6 +29,7 @@ from bsqaudio.io.inputs import list_inputs
 from bsqaudio.model import AudioBSQ, ModelConfig, preset
 from bsqaudio.train.checkpoint import load_checkpoint, save_checkpoint
 from bsqaudio.train.data import AudioCache, input_of_each_file, is_validation, validation_rank
+from bsqaudio.train.distill import Teacher
 from bsqaudio.train.gan import Adversary, PatchDiscriminator, adaptive_weight, judged
 from bsqaudio.train.losses import reconstruction_loss, spec_augment
 from bsqaudio.train.progress import TrainingProgress
@@ -129,6 +130,9 @@ def build_model(run: Run, config: ModelConfig, resume: bool) -> AudioBSQ:
         if not s.init_from and not resume:
             raise BsqAudioError("--freeze-encoder needs --init-from: a random encoder would stay random")
         model.freeze_encoder()
+    elif s.distill_from:
+        raise BsqAudioError("--distill-from needs --freeze-encoder: the teacher decodes the codes as "
+                            "its encoder writes them")
     model.set_grad_checkpointing(s.grad_checkpointing)
     return model
 
@@ -164,6 +168,8 @@ class Trainer:
         self.forward = torch.compile(self.model) if s.compile else self.model
         self.optimizer = torch.optim.AdamW([p for p in self.core.parameters() if p.requires_grad], lr=s.lr,
                                            betas=(0.9, 0.99), weight_decay=s.weight_decay)
+        self.teacher = (Teacher(load_pretrained(s.distill_from).model, model, s.distill_from).to(run.device)
+                        if s.distill_from else None)
         self.adversary = (Adversary(PatchDiscriminator(), s.disc_lr, run.device, run.distributed)
                           if s.discriminator else None)
         self.generator = torch.Generator().manual_seed(s.seed * 1000 + run.rank)
@@ -262,7 +268,8 @@ class Trainer:
             with sync:
                 with self.autocast:
                     out = self.forward(inputs, real_token_mask(rows, config))
-                recon = reconstruction_loss(out.reconstruction, target, s.loss, frames)
+                wanted = target if self.teacher is None else self.teacher.target(out.quantizer.codes)
+                recon = reconstruction_loss(out.reconstruction, wanted, s.loss, frames)
                 total = recon + q_weight * out.quantizer.loss
                 if use_gan:
                     fake = judged(out.reconstruction, target, real_frame_mask(frames, target.shape[1]))

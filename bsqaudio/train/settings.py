@@ -47,6 +47,10 @@ class TrainSettings:
                                     "export).", "Model")
     freeze_encoder: bool = setting(False, "Train only the decoder: the codes stay as --init-from's encoder "
                                    "writes them (after scripts/calibrate_bits.py).", "Model")
+    distill_from: str | None = setting(None, "Train the decoder to reproduce this model's decoded "
+                                       "spectrograms (same codes) instead of the true ones: a smaller "
+                                       "decoder from scripts/shrink_decoder.py. Needs --freeze-encoder.",
+                                       "Model")
     # Data
     val_dirs: list[str] = setting(list, "Validation folders (instead of a split).", "Data", flag="--val-dir")
     val_fraction: float = setting(0.05, "Share of files held out for validation (by a hash of the file "
