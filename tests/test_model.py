@@ -10,6 +10,7 @@ import torch
 
 from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
 from bsqaudio.model import PRESETS, patchify, unpatchify
+from bsqaudio.model.blocks import FeedForward
 from bsqaudio.model.tokenizer import Refiner
 
 
@@ -116,6 +117,20 @@ def test_windows_in_a_batch_are_independent():
         together = model.encode(mel).indices
         alone = model.encode(mel[1:2]).indices
     assert torch.equal(together[1:2], alone)
+
+
+def test_feed_forward_in_token_groups_matches_the_whole_batch():
+    """At inference the feed-forward runs 512 tokens at a time; a batch of 2 x 700 tokens (groups
+    that straddle the windows, and a short last one) must come out as in one piece."""
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 4.0)
+    x = torch.randn(2, 700, 16)
+    with torch.enable_grad():
+        whole = ffn(x).detach()
+    with torch.inference_mode():
+        grouped = ffn(x)
+    assert grouped.shape == whole.shape
+    torch.testing.assert_close(grouped, whole, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("frames", [1024, 300, 5])

@@ -66,9 +66,21 @@ class ConvModule(nn.Module):
 
 
 class FeedForward(nn.Sequential):
+    # At inference, tokens go through in groups of this many, so that the hidden activation
+    # (tokens x 4 x width floats: 16 MB for a batch of 8 windows) stays in the CPU's caches
+    # between the two matmuls and the GELU; each token's arithmetic is unchanged.
+    INFERENCE_TOKENS = 512
+
     def __init__(self, width: int, ratio: float) -> None:
         hidden = int(width * ratio)
         super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            return super().forward(x)
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.cat([super(FeedForward, self).forward(part) for part in flat.split(self.INFERENCE_TOKENS)])
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class Block(nn.Module):
