@@ -189,9 +189,15 @@ class GriffinLim:
                 width = min(shared.shape[1], phase.shape[1])
                 phase[:, :width] = shared[:, :width]
             audio = self.invert(power, iterations, phase_ft=phase)
-            previous_lo = lo
-            previous_phase = torch.stft(audio, self.config.n_fft, hop, self.config.win_length, self.window,
-                                        center=True, pad_mode="constant", return_complex=True).angle()
+            # The next block shares only this one's frames from its own first frame on (the last
+            # 2 x overlap): the STFT of the audio from a few frames before them gives exactly
+            # those, since a centred frame reaches back only n_fft / 2 samples.
+            shared_from = max(end - overlap - lo, 0)
+            back = min(shared_from, -(-self.config.n_fft // (2 * hop)))
+            previous_lo = lo + shared_from
+            previous_phase = torch.stft(audio[(shared_from - back) * hop:], self.config.n_fft, hop,
+                                        self.config.win_length, self.window, center=True,
+                                        pad_mode="constant", return_complex=True)[:, back:].angle()
             piece = audio[start * hop - (fade if start else 0) - lo * hop: end * hop - lo * hop]
             if tail is not None:
                 piece = torch.cat([tail * (1.0 - ramp) + piece[:fade] * ramp, piece[fade:]])
