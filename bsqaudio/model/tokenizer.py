@@ -55,11 +55,10 @@ class Transformer(nn.Module):
 class Refiner(nn.Module):
     """A residual 3x3 conv stack over the whole spectrogram that smooths patch borders."""
 
-    # Inference runs the stack on strips of this many frames (plus ``HALO`` frames of context on
-    # each side): a strip's 32 activation planes (~4 MB) stay in the CPU's caches, where a whole
+    # Inference runs the stack on strips of this many frames (plus a halo of context on each
+    # side): a strip's 32 activation planes (~4 MB) stay in the CPU's caches, where a whole
     # window's (~17 MB per layer) went to memory and back between layers (docs/benchmarks.md).
     STRIP_FRAMES = 256
-    HALO = 3  # three 3x3 convolutions: an output frame sees 3 frames to each side
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -80,19 +79,21 @@ class Refiner(nn.Module):
         # Inference: strip by strip, since whole-batch activations (channels x 1024 x 128 floats
         # per window and layer) dominate decode memory and spill out of the caches; and
         # channels-last, which runs the 32 -> 32 convolution near the CPU's matmul peak
-        # (docs/benchmarks.md). A strip is cut with HALO frames of real context on both sides,
-        # so its inner frames see exactly what they see in the whole spectrogram; the zero
-        # padding at a strip's cut edge only reaches its halo, which is dropped. A 1-channel
+        # (docs/benchmarks.md). A strip is cut with as many frames of real context on both sides
+        # as the convolutions reach together (their paddings: 3 for three 3x3), so its inner
+        # frames see exactly what they see in the whole spectrogram; the zero padding at a
+        # strip's cut edge only reaches its halo, which is dropped. A 1-channel
         # weight's layout is ambiguous, so the first layer's weight is given channels-last
         # strides explicitly: they decide the layout every later activation keeps.
         weights = {i: layer.weight.to(memory_format=torch.channels_last)
                    for i, layer in enumerate(self.net) if isinstance(layer, nn.Conv2d)}
+        halo = sum(layer.padding[0] for layer in self.net if isinstance(layer, nn.Conv2d))
         frames = mel_btf.shape[1]
         out = torch.empty_like(mel_btf)
         for b in range(mel_btf.shape[0]):
             for start in range(0, frames, self.STRIP_FRAMES):
                 end = min(start + self.STRIP_FRAMES, frames)
-                lo, hi = max(start - self.HALO, 0), min(end + self.HALO, frames)
+                lo, hi = max(start - halo, 0), min(end + halo, frames)
                 x = mel_btf[b: b + 1, None, lo:hi].contiguous(memory_format=torch.channels_last)
                 for i, layer in enumerate(self.net):
                     x = (F.conv2d(x, weights[i], layer.bias, layer.stride, layer.padding) if i in weights
