@@ -797,6 +797,7 @@ def test_distillation_brings_the_student_towards_the_teacher_and_keeps_the_codes
     assert distance["student"] < 0.85 * distance["start"]
     assert distance["student"] < 0.85 * distance["on-truth"]  # it learned the teacher, not the truth
 
+
 def test_distillation_refuses_a_teacher_of_other_codes_or_a_trainable_encoder(tmp_path, corpus):
     first, other = tmp_path / "first", tmp_path / "other"
     train(settings(first, corpus, steps=1))
