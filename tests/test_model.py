@@ -10,7 +10,7 @@ import torch
 
 from bsqaudio import AudioBSQ, BsqAudioError, ModelConfig, preset
 from bsqaudio.model import PRESETS, patchify, unpatchify
-from bsqaudio.model.blocks import FeedForward
+from bsqaudio.model.blocks import ConvModule, FeedForward
 from bsqaudio.model.tokenizer import Refiner
 
 
@@ -131,6 +131,48 @@ def test_feed_forward_in_token_groups_matches_the_whole_batch():
         grouped = ffn(x)
     assert grouped.shape == whole.shape
     torch.testing.assert_close(grouped, whole, rtol=0, atol=1e-6)
+
+
+def _with_fitted_batchnorm(model):
+    """The model with BatchNorm running statistics far from their initial (0, 1), as a trained
+    model has them, so that a path that mishandles them is seen."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.3, 0.3)
+    return model
+
+
+def test_decoder_token_layout_convolution_matches_reference_and_encoder_is_untouched():
+    """On CPU the decoder's Conformer convolutions run on the tokens' layout: the mel must match
+    the reference formulation, while the encoder (whose rounding decides codes) keeps it exactly."""
+    torch.manual_seed(0)
+    model = _with_fitted_batchnorm(AudioBSQ(preset("tiny"))).eval()
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, ConvModule):
+            module.token_layout_inference = False
+    mel = torch.rand(3, 1024, 128) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(model.latents(mel), reference.latents(mel))
+        indices = model.encode(mel).indices
+        fast, slow = model.decode_indices(indices), reference.decode_indices(indices)
+    assert any(isinstance(m, ConvModule) and m.token_layout_inference for m in model.modules())
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+
+
+def test_convolution_module_token_layout_matches_reference():
+    torch.manual_seed(0)
+    module = ConvModule(16, 7, grid_time=8, grid_freq=4, token_layout_inference=True)
+    _with_fitted_batchnorm(module).eval()
+    x = torch.randn(3, 32, 16)
+    with torch.inference_mode():
+        fast = module(x)
+        module.token_layout_inference = False
+        slow = module(x)
+    assert (fast - slow).abs().max() < 1e-5 and slow.abs().mean() > 0.05
 
 
 @pytest.mark.parametrize("frames", [1024, 300, 5])

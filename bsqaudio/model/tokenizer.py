@@ -35,12 +35,15 @@ def unpatchify(patches_bnp: torch.Tensor, patch_time: int, patch_freq: int,
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig, depth: int) -> None:
+    """``depth`` blocks and a final LayerNorm, (B, N, D) -> (B, N, D); ``token_layout_inference``
+    as in ``ConvModule`` (the decoder's, not the encoder's: codes must not change)."""
+
+    def __init__(self, config: ModelConfig, depth: int, token_layout_inference: bool = False) -> None:
         super().__init__()
         kernel = config.conv_kernel if config.conv else None
         self.blocks = nn.ModuleList(
             Block(config.width, config.heads, config.mlp_ratio, config.layer_scale_init, kernel,
-                  config.grid_time, config.grid_freq)
+                  config.grid_time, config.grid_freq, token_layout_inference)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(config.width)
@@ -124,7 +127,7 @@ class AudioBSQ(nn.Module):
         self.quantizer = BinarySphericalQuantizer(c.code_bits, inv_temperature=c.inv_temperature)
         self.post_quant_embed = nn.Linear(c.code_bits, c.width)
         self.decoder_pos = nn.Parameter(torch.randn(c.num_patches, c.width) * c.width ** -0.5)
-        self.decoder = Transformer(c, c.decoder_layers)
+        self.decoder = Transformer(c, c.decoder_layers, token_layout_inference=True)
         self.head = nn.Linear(c.width, patch_dim)
         self.refiner = Refiner(c.refine_channels) if c.refine_channels else None
         self.apply(_init_weights)
