@@ -116,12 +116,20 @@ class _ShapesOnly(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.Size, bool]]:
-    """Name -> (shape, is floating point) of every tensor the config's model holds, found on the
-    meta device: nothing is allocated, so a hostile config costs nothing until it is refused."""
+def _meta_model(config: ModelConfig) -> AudioBSQ:
+    """The config's model on the meta device: shapes without storage, so a hostile config costs
+    nothing until it is refused, and no random init of weights about to be replaced."""
     with torch.device("meta"), _ShapesOnly():
-        model = AudioBSQ(config)
+        return AudioBSQ(config)
+
+
+def _tensors_of(model: AudioBSQ) -> dict[str, tuple[torch.Size, bool]]:
     return {k: (v.shape, v.is_floating_point()) for k, v in model.state_dict().items()}
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.Size, bool]]:
+    """Name -> (shape, is floating point) of every tensor the config's model holds."""
+    return _tensors_of(_meta_model(config))
 
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -170,7 +178,8 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
             config = beside or inside
             if config is None:
                 raise BsqAudioError(f"{weights}: no config.json beside it and no config in its metadata")
-            expected = expected_tensors(config)
+            model = _meta_model(config)  # built once: its shapes are checked, then it is filled
+            expected = _tensors_of(model)
             check_weights_header(weights, handle, expected)
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
@@ -180,8 +189,6 @@ def load_weights(weights: Path, config_path: Path | None = None) -> Pretrained:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BsqAudioError(f"{weights}: weight {name} holds NaN or infinite values")
-    with torch.device("meta"), _ShapesOnly():  # no random init of weights about to be replaced
-        model = AudioBSQ(config)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
     model.eval()
     return Pretrained(model=model, model_hash=_hash_file(weights), source=str(weights))
