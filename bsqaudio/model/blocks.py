@@ -45,7 +45,7 @@ class ConvModule(nn.Module):
     frequency neighbours.
 
     With ``token_layout_inference``, CPU inference runs the same arithmetic on the tokens' own
-    layout (``_token_layout``), without transposing copies: 37 -> 14 ms a block for 8 windows
+    layout (``_token_layout``), without transposing copies: 33-42 -> 14-19 ms a block for 8 windows
     (docs/benchmarks.md). Its result differs from the reference formulation in float rounding
     (about 1e-6). The decoder uses it; the encoder does not, because rounding at a bit's
     threshold flips codes (1 bit in 7.4 million, measured), and a file's codes must not change
